@@ -1,0 +1,187 @@
+"""Settings read from the environment and an optional `.env` file, validated at start.
+
+Every error names the variable, the value it had and the form it expects, so a typo in a
+deployment fails at boot with a fix instead of later with a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+DEFAULT_PORT = 8080
+DEFAULT_SHARD_COUNT = 4
+MAX_SHARD_COUNT = 256
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    """DSN of the catalog database; None means: start the embedded PostgreSQL."""
+
+    shard_count: int
+    shard_dsns: dict[int, str]
+    """Explicit DSNs for shards that live elsewhere, by shard number."""
+
+    host: str
+    port: int
+    api_timeout: float
+    """Seconds a web worker waits for its shard process before answering 503."""
+
+    web_workers: int
+    runtime_dir: Path
+    """Folder for the shard processes' Unix sockets and the topology file."""
+
+    data_dir: Path
+    """Folder of the embedded PostgreSQL cluster, used only without a database URL."""
+
+    ping_body_limit: int
+    shard_pool_size: int
+    shard_db_concurrency: int
+    otel_endpoint: str | None
+    log_level: str
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+
+def load_dotenv_file(path: Path | None = None) -> None:
+    """Load `.env` from the working folder without overriding variables already set."""
+    from dotenv import load_dotenv
+
+    load_dotenv(path or Path.cwd() / ".env", override=False)
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    port = _port(env)
+    shard_count = _int(env, "SHARD_COUNT", DEFAULT_SHARD_COUNT, 1, MAX_SHARD_COUNT)
+    return Settings(
+        database_url=_database_url(env),
+        shard_count=shard_count,
+        shard_dsns=_shard_dsns(env, shard_count),
+        host=env.get("SERVER_HOST", "0.0.0.0"),
+        port=port,
+        api_timeout=_float(env, "API_TIMEOUT", 10.0, 0.1, 300.0),
+        web_workers=_int(env, "WEB_CONCURRENCY", 2, 1, 64),
+        runtime_dir=_path(env, "RUNTIME_DIR", Path(f"/tmp/serverlord-{os.getuid()}-{port}")),
+        data_dir=_path(env, "DATA_DIR", _default_data_dir()),
+        ping_body_limit=_int(env, "PING_BODY_LIMIT", 100_000, 0, 10_000_000),
+        shard_pool_size=_int(env, "SHARD_POOL_SIZE", 4, 2, 100),
+        shard_db_concurrency=_int(env, "SHARD_DB_CONCURRENCY", 3, 1, 100),
+        otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_COLLECTOR_ENDPOINT"),
+        log_level=_log_level(env),
+    )
+
+
+def _default_data_dir() -> Path:
+    # The embedded cluster runs as an unprivileged user when started by root, and the
+    # wheel then makes every parent folder world-readable; /var/lib keeps it out of
+    # private home folders.
+    if os.geteuid() == 0:
+        return Path("/var/lib/serverlord")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "serverlord"
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("DATABASE_URL", "").strip()
+    if url:
+        if not re.match(r"^postgres(ql)?://", url):
+            raise ConfigError(
+                "DATABASE_URL must be a PostgreSQL URL such as "
+                f"postgresql://user:password@host:5432/serverlord, got {_redact(url)!r}"
+            )
+        return url
+    if not env.get("DB_HOST"):
+        for name in ("DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"):
+            if env.get(name):
+                raise ConfigError(f"{name} is set but DB_HOST is missing; set DB_HOST too")
+        return None
+    host = env["DB_HOST"]
+    port = _int(env, "DB_PORT", 5432, 1, 65535)
+    user = quote(env.get("DB_USER", "postgres"), safe="")
+    password = env.get("DB_PASS", "")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    name = quote(env.get("DB_NAME", "serverlord"), safe="")
+    return f"postgresql://{auth}@{host}:{port}/{name}"
+
+
+def _shard_dsns(env: Mapping[str, str], shard_count: int) -> dict[int, str]:
+    dsns: dict[int, str] = {}
+    for key, value in env.items():
+        match = re.fullmatch(r"SHARD_(\d+)_DATABASE_URL", key)
+        if not match or not value:
+            continue
+        number = int(match.group(1))
+        if number >= shard_count:
+            raise ConfigError(
+                f"{key} names shard {number}, but SHARD_COUNT={shard_count} makes shards "
+                f"0..{shard_count - 1}; remove it or raise SHARD_COUNT"
+            )
+        if not re.match(r"^postgres(ql)?://", value):
+            raise ConfigError(f"{key} must be a PostgreSQL URL, got {_redact(value)!r}")
+        dsns[number] = value
+    return dsns
+
+
+def _port(env: Mapping[str, str]) -> int:
+    if env.get("PORT"):
+        return _int(env, "PORT", DEFAULT_PORT, 1, 65535)
+    return _int(env, "SERVER_PORT", DEFAULT_PORT, 1, 65535)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    value = int(raw)
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high} seconds, got {raw}")
+    return value
+
+
+def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    path = Path(raw)
+    if not path.is_absolute():
+        raise ConfigError(f"{name} must be an absolute path, got {raw!r}")
+    return path
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get("LOG_LEVEL", "INFO").upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return level
+
+
+def _redact(url: str) -> str:
+    """Hide the password of a URL before it goes into a message."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)

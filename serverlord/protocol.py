@@ -1,0 +1,59 @@
+"""The framed message protocol between web workers and shard processes.
+
+Every message is a 4-byte big-endian length followed by that many bytes of orjson. A
+request is `[request_id, op, args]` and its response `[request_id, status, body]`, where
+`status` uses HTTP status codes so the web tier can pass it on unchanged. Request ids let
+one connection carry many requests at once; responses may come back in any order.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+HEADER = struct.Struct(">I")
+
+# A ping body is capped well below this; the cap only bounds what a broken or hostile peer
+# can make the other side buffer.
+MAX_FRAME = 8 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """A peer sent bytes that are not a valid frame."""
+
+
+def encode(message: list[Any]) -> bytes:
+    payload = orjson.dumps(message)
+    if len(payload) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds the limit of {MAX_FRAME}")
+    return HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Splits a byte stream into decoded messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[list[Any]]:
+        self._buffer += data
+        messages: list[list[Any]] = []
+        offset = 0
+        buffer = self._buffer
+        while len(buffer) - offset >= HEADER.size:
+            (length,) = HEADER.unpack_from(buffer, offset)
+            if length > MAX_FRAME:
+                raise ProtocolError(f"frame length {length} exceeds the limit of {MAX_FRAME}")
+            end = offset + HEADER.size + length
+            if len(buffer) < end:
+                break
+            message = orjson.loads(memoryview(buffer)[offset + HEADER.size : end])
+            if not isinstance(message, list) or len(message) != 3:
+                raise ProtocolError("a frame must hold a list of three items")
+            messages.append(message)
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return messages

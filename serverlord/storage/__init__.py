@@ -1,0 +1,1 @@
+"""PostgreSQL access: the embedded server, migrations and the placement of shards."""
