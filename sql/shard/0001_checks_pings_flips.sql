@@ -59,3 +59,14 @@ CREATE TABLE flips (
 );
 
 CREATE INDEX flips_check_created_idx ON flips (check_id, created DESC);
+
+-- The shard process that owns this shard. Each commit first reads this row, so a process
+-- that lost the shard's advisory lock to another server stops writing at its next commit
+-- instead of interleaving its writes with the new owner's.
+CREATE TABLE shard_owner (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    token uuid NOT NULL,
+    pid integer NOT NULL,
+    host text NOT NULL,
+    since timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,53 @@
+"""The `serverlord` command: serve, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from serverlord.config import ConfigError, Settings, from_env, load_dotenv_file
+from serverlord.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="serverlord", description="Server Lord, a monitor for cron jobs."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "serve", help="run the server (embedded PostgreSQL when DATABASE_URL is unset)"
+    )
+    commands.add_parser("migrate", help="create or update the catalog and shard schemas")
+    args = parser.parse_args(argv)
+
+    load_dotenv_file()
+    try:
+        settings = from_env()
+    except ConfigError as exc:
+        print(f"serverlord: invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(settings.log_level, "supervisor" if args.command == "serve" else "migrate")
+
+    if args.command == "serve":
+        from serverlord.supervisor import Supervisor
+
+        sys.exit(Supervisor(settings).run())
+    if args.command == "migrate":
+        _migrate(settings)
+
+
+def _migrate(settings: Settings) -> None:
+    from serverlord.supervisor import Supervisor
+
+    supervisor = Supervisor(settings)
+    try:
+        supervisor.prepare_databases()
+    except ConfigError as exc:
+        print(f"serverlord: {exc}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        supervisor.halt()
+    log.info("migrations applied")

@@ -1,0 +1,3 @@
+from serverlord.shardproc.process import main
+
+main()

@@ -1,0 +1,96 @@
+"""The deadline engine: a timer wheel of every check's deadline, fired from the loop.
+
+No database polling: each state change re-arms its check in the wheel, and one task sleeps
+until the earliest deadline, flips what is due in memory and queues the flips for the
+writer. A flip is stamped with the deadline itself, so a late wake-up (a busy loop, a
+restart) never shifts recorded history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from serverlord.clock import Clock
+from serverlord.shardproc.checks import Check
+from serverlord.shardproc.wheel import TimerWheel
+
+log = logging.getLogger(__name__)
+
+# An upper bound on one sleep, so that a wall-clock step (NTP) is noticed within a second
+# even when the next deadline is far away.
+MAX_SLEEP = 1.0
+
+TimeoutHandler = Callable[[Check, float], None]
+
+
+class DeadlineEngine:
+    def __init__(
+        self,
+        clock: Clock,
+        lookup: Callable[[str], Check | None],
+        on_timeout: TimeoutHandler,
+        tick: float = 0.005,
+    ) -> None:
+        self._clock = clock
+        self._lookup = lookup
+        self._on_timeout = on_timeout
+        self._wheel: TimerWheel[str] = TimerWheel(clock.time(), tick=tick)
+        self._kick = asyncio.Event()
+        self._sleep_until: float | None = None
+        self.fired = 0
+
+    def __len__(self) -> int:
+        return len(self._wheel)
+
+    def rearm(self, check: Check) -> None:
+        """Put the check's current deadline in the wheel, or take it out if it has none."""
+        deadline = check.deadline()
+        if deadline is None:
+            self._wheel.cancel(check.id)
+            return
+        self._wheel.schedule(check.id, deadline)
+        if self._sleep_until is None or deadline < self._sleep_until:
+            self._kick.set()
+
+    def forget(self, check_id: str) -> None:
+        self._wheel.cancel(check_id)
+
+    def deadline_of(self, check_id: str) -> float | None:
+        return self._wheel.deadline_of(check_id)
+
+    def fire_due(self, now: float) -> int:
+        """Flip every check whose deadline is at or before `now`; return how many."""
+        fired = 0
+        for check_id, _when in self._wheel.expire(now):
+            check = self._lookup(check_id)
+            if check is None:
+                continue
+            # The wheel entry is only a reminder; the check itself decides. A deadline that
+            # moved without a re-arm would otherwise flip a healthy check.
+            current = check.deadline()
+            if current is None:
+                continue
+            if current > now:
+                self._wheel.schedule(check_id, current)
+                continue
+            self._on_timeout(check, current)
+            fired += 1
+        self.fired += fired
+        return fired
+
+    async def run(self) -> None:
+        """Sleep until the next deadline, fire what is due, repeat; cancelled on shutdown."""
+        while True:
+            now = self._clock.time()
+            self.fire_due(now)
+            next_deadline = self._wheel.next_deadline()
+            delay = MAX_SLEEP if next_deadline is None else min(MAX_SLEEP, next_deadline - now)
+            self._sleep_until = now + max(delay, 0.0)
+            self._kick.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), delay)
+            self._sleep_until = None

@@ -1,0 +1,238 @@
+"""The life of one shard process: boot, serve, and stop without losing a commit.
+
+Boot: take the shard's advisory lock (so two servers never run one shard), open the
+pool, load every check, then listen. Stop, on SIGTERM or SIGINT or when the supervisor
+is gone: stop accepting, let received requests finish, flush the writer, close the pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import uvloop
+from psycopg_pool import AsyncConnectionPool
+
+from serverlord.clock import SystemClock
+from serverlord.logs import setup_logging
+from serverlord.shardproc.server import SocketServer
+from serverlord.shardproc.service import ShardService
+
+log = logging.getLogger(__name__)
+
+# Exit codes the supervisor reads: a process that cannot boot, or whose shard another
+# server already runs, would fail again the same way, so the supervisor halts instead of
+# respawning it forever.
+EXIT_BOOT_ERROR = 3
+EXIT_SHARD_LOCKED = 4
+
+# One key for every shard lock; the second half of the two-part key is the shard number.
+SHARD_LOCK_CLASS = 0x5E1D
+
+
+class BootError(Exception):
+    """The shard process cannot start; retrying without a change will not help."""
+
+
+class ShardLocked(Exception):
+    """Another process holds the shard's lock."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="serverlord-shard", description="Run one shard.")
+    parser.add_argument("--shard", type=int, required=True, help="shard number")
+    parser.add_argument("--dsn", required=True, help="PostgreSQL DSN of the shard database")
+    parser.add_argument("--socket", type=Path, required=True, help="Unix socket path")
+    parser.add_argument("--pool-size", type=int, default=4, help="database connections")
+    parser.add_argument(
+        "--db-concurrency", type=int, default=3, help="database operations run at once"
+    )
+    parser.add_argument("--body-limit", type=int, default=100_000, help="ping body bytes kept")
+    parser.add_argument(
+        "--boot-timeout", type=float, default=60.0, help="seconds to wait for the database"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging(args.log_level, f"shard{args.shard}")
+    try:
+        uvloop.run(ShardProcess(args).run())
+    except ShardLocked as exc:
+        log.error("shard %d: %s", args.shard, exc)
+        sys.exit(EXIT_SHARD_LOCKED)
+    except BootError as exc:
+        log.error("shard %d could not boot: %s", args.shard, exc)
+        sys.exit(EXIT_BOOT_ERROR)
+
+
+class ShardProcess:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.shard: int = args.shard
+        self.parent = os.getppid()
+        self._stop = asyncio.Event()
+        self._lock_conn: psycopg.AsyncConnection[Any] | None = None
+        self.owner_token = str(uuid.uuid4())
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+
+        await self._acquire_lock()
+        pool = AsyncConnectionPool(
+            self.args.dsn,
+            min_size=min(2, self.args.pool_size),
+            max_size=self.args.pool_size,
+            open=False,
+            name=f"shard{self.shard}",
+        )
+        await pool.open(wait=True, timeout=self.args.boot_timeout)
+        service = ShardService(
+            self.shard,
+            pool,
+            SystemClock(),
+            self.args.db_concurrency,
+            self.owner_token,
+            self.args.body_limit,
+        )
+        try:
+            await service.load()
+        except psycopg.errors.UndefinedTable as exc:
+            raise BootError(f"the shard database is not migrated: {exc}") from exc
+
+        server = SocketServer(self.args.socket, service.handle, self.shard)
+        tasks = [
+            asyncio.create_task(service.writer.run(), name="writer"),
+            asyncio.create_task(service.engine.run(), name="engine"),
+            asyncio.create_task(service.reload_stale(), name="reload"),
+            asyncio.create_task(self._watch_parent(), name="parent-watch"),
+            asyncio.create_task(self._watch_lock(), name="lock-watch"),
+            asyncio.create_task(self._watch_ownership(service), name="owner-watch"),
+        ]
+        await server.start()
+        log.info("shard %d ready with %d checks", self.shard, len(service.checks))
+
+        await self._stop.wait()
+        await self._shutdown(server, service, pool, tasks)
+
+    async def _shutdown(
+        self,
+        server: SocketServer,
+        service: ShardService,
+        pool: AsyncConnectionPool[Any],
+        tasks: list[asyncio.Task[None]],
+    ) -> None:
+        log.info("shard %d stopping", self.shard)
+
+        # 1. Stop accepting: web workers see the socket gone and answer 503.
+        await server.stop_accepting()
+
+        # 2. Let received requests finish; each waits for its commit.
+        await server.drain(5.0)
+        await server.close_connections()
+
+        # 3. Flush the writer, then stop the background tasks.
+        writer_task = tasks[0]
+        await service.writer.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(writer_task, 5.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+        # 4. Close the database connections.
+        await pool.close()
+        if self._lock_conn is not None:
+            await self._lock_conn.close()
+        log.info("shard %d stopped", self.shard)
+
+    async def _acquire_lock(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.args.boot_timeout
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.args.dsn, autocommit=True)
+                break
+            except psycopg.OperationalError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BootError(f"cannot connect to the shard database: {exc}") from exc
+                log.warning("shard %d waiting for its database: %s", self.shard, exc)
+                await asyncio.sleep(1.0)
+        cursor = await conn.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", (SHARD_LOCK_CLASS, self.shard)
+        )
+        row = await cursor.fetchone()
+        if row is None or not row[0]:
+            await conn.close()
+            raise ShardLocked(
+                f"another Server Lord process already runs shard {self.shard} on this database; "
+                "stop it first (two writers would corrupt the shard's state)"
+            )
+        self._lock_conn = conn
+        # Claim the shard for this process's commits; a process that held it before and
+        # is still running fails its next commit on the token check.
+        await conn.execute(
+            "INSERT INTO shard_owner (id, token, pid, host) VALUES (1, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET token = excluded.token, pid = excluded.pid,"
+            " host = excluded.host, since = now()",
+            (self.owner_token, os.getpid(), socket.gethostname()),
+        )
+
+    async def _watch_ownership(self, service: ShardService) -> None:
+        await service.writer.ownership_lost.wait()
+        log.error("shard %d was taken over by another process; stopping", self.shard)
+        self._stop.set()
+
+    async def _watch_lock(self) -> None:
+        """Stop the process if the lock's connection is lost and cannot be taken again.
+
+        The lock dies with its connection, for example when PostgreSQL restarts; another
+        server could then take the shard, so this one must take it back or go away.
+        """
+        while True:
+            await asyncio.sleep(1.0)
+            conn = self._lock_conn
+            try:
+                if conn is None or conn.closed:
+                    raise psycopg.OperationalError("lock connection closed")
+                await conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                log.warning(
+                    "shard %d lost its lock connection: %s; taking it again", self.shard, exc
+                )
+                try:
+                    await self._acquire_lock()
+                except ShardLocked as locked:
+                    log.error("shard %d: %s", self.shard, locked)
+                    self._stop.set()
+                    return
+                except BootError as failed:
+                    log.error("shard %d could not take its lock again: %s", self.shard, failed)
+                    self._stop.set()
+                    return
+                log.info("shard %d holds its lock again", self.shard)
+
+    async def _watch_parent(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if os.getppid() != self.parent:
+                log.warning("shard %d: the supervisor is gone, stopping", self.shard)
+                self._stop.set()
+                return
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The operations a shard process serves: pings, and creating and reading checks.
+
+Every operation changes memory first, queues the change for the writer and answers only
+after the commit, so a 2xx from the web tier always stands for stored data. A check whose
+commit failed is marked stale and reloaded from the database before it takes more pings,
+because its memory state may then hold a change the database does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from serverlord.clock import Clock
+from serverlord.schedules import ScheduleError
+from serverlord.shardproc.checks import Check, Signal, apply_ping, check_from_row, schedule_for
+from serverlord.shardproc.engine import DeadlineEngine
+from serverlord.shardproc.writer import (
+    NEW_CHECK_COLUMNS,
+    FlipRow,
+    PingRow,
+    WriteFailed,
+    Writer,
+    WriterOverloaded,
+)
+
+log = logging.getLogger(__name__)
+
+Response = tuple[int, Any]
+
+NOT_FOUND: Response = (404, {"error": "not found"})
+SIGNALS: frozenset[str] = frozenset({"success", "start", "fail", "log"})
+
+
+def unavailable(reason: str) -> Response:
+    return (503, {"error": f"shard unavailable: {reason}"})
+
+
+class ShardService:
+    def __init__(
+        self,
+        shard: int,
+        pool: AsyncConnectionPool[Any],
+        clock: Clock,
+        db_concurrency: int,
+        owner_token: str,
+        body_limit: int = 100_000,
+    ) -> None:
+        self.shard = shard
+        self.clock = clock
+        self.pool = pool
+        self.body_limit = body_limit
+        self.checks: dict[str, Check] = {}
+        self.stale: set[str] = set()
+        self.semaphore = asyncio.BoundedSemaphore(db_concurrency)
+        self.writer = Writer(pool, self.semaphore, self.checks.get, self._mark_stale, owner_token)
+        self.engine = DeadlineEngine(clock, self.checks.get, self._on_timeout)
+        self._reload_wakeup = asyncio.Event()
+
+    # -- loading -----------------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Load every check of the shard into memory and arm its deadline."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute("SELECT * FROM checks")
+            async for row in cursor:
+                check = check_from_row(row)
+                if check is not None:
+                    self.checks[check.id] = check
+                    self.engine.rearm(check)
+        log.info("shard %d loaded %d checks", self.shard, len(self.checks))
+        return len(self.checks)
+
+    def _mark_stale(self, check_ids: set[str]) -> None:
+        self.stale |= check_ids
+        self._reload_wakeup.set()
+
+    async def reload_stale(self) -> None:
+        """Reload checks whose last commit failed, retrying until the database answers."""
+        delay = 0.1
+        while True:
+            await self._reload_wakeup.wait()
+            ids = list(self.stale)
+            try:
+                rows = await self._fetch_checks(ids)
+            except (psycopg.Error, OSError) as exc:
+                log.warning(
+                    "shard %d could not reload %d checks yet: %s", self.shard, len(ids), exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            for check_id in ids:
+                self.checks.pop(check_id, None)
+                self.engine.forget(check_id)
+                row = rows.get(check_id)
+                check = None if row is None else check_from_row(row)
+                if check is not None:
+                    self.checks[check_id] = check
+                    self.engine.rearm(check)
+                self.stale.discard(check_id)
+            log.info("shard %d reloaded %d checks after a failed commit", self.shard, len(ids))
+            if not self.stale:
+                self._reload_wakeup.clear()
+
+    async def _fetch_checks(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute("SELECT * FROM checks WHERE id = ANY(%s::uuid[])", (ids,))
+            return {str(row["id"]): row async for row in cursor}
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    async def handle(self, op: str, args: dict[str, Any]) -> Response:
+        try:
+            if op == "ping":
+                return await self.ping(args)
+            if op == "status":
+                return self.status(args)
+            if op == "create":
+                return await self.create(args)
+            if op == "get":
+                return await self.get(args)
+            if op == "health":
+                return (200, {"shard": self.shard, "checks": len(self.checks)})
+        except WriterOverloaded as exc:
+            return unavailable(str(exc))
+        except WriteFailed as exc:
+            return unavailable(f"the database write failed ({exc})")
+        except (psycopg.Error, OSError) as exc:
+            log.warning("shard %d database error on %s: %s", self.shard, op, exc)
+            return unavailable("the database is not answering")
+        return (400, {"error": f"unknown operation {op!r}"})
+
+    # -- pings -------------------------------------------------------------------------
+
+    async def ping(self, args: dict[str, Any]) -> Response:
+        check_id: str = args["id"]
+        check = self.checks.get(check_id)
+        if check is None:
+            return NOT_FOUND
+        if check_id in self.stale:
+            return unavailable("the check is being reloaded after a failed write")
+        self.writer.check_capacity()
+
+        now = self.clock.time()
+        signal: Signal = args["signal"]
+        exitstatus: int | None = args.get("exitstatus")
+        rid: str | None = args.get("rid")
+        outcome = apply_ping(check, signal, now, rid, args.get("method", ""))
+
+        body = _decode_body(args.get("body"))
+        row = PingRow(
+            check_id=check_id,
+            n=outcome.n,
+            created=now,
+            kind=outcome.signal,
+            exitstatus=exitstatus,
+            rid=rid,
+            scheme=args.get("scheme", "http"),
+            method=args.get("method", ""),
+            remote_addr=args.get("remote_addr", ""),
+            ua=args.get("ua", "")[:200],
+            body=body,
+            body_size=args.get("body_size", 0 if body is None else len(body)),
+            duration=outcome.duration,
+        )
+        flip = None
+        if outcome.flipped:
+            flip = FlipRow(check_id, now, outcome.old_status, outcome.new_status, outcome.signal)
+        self.engine.rearm(check)
+        await self.writer.ping(row, flip)
+        return (200, {"n": outcome.n, "signal": outcome.signal, "late_start": outcome.late_start})
+
+    def _on_timeout(self, check: Check, deadline: float) -> None:
+        old_status = check.status
+        reason = check.reason_for_timeout()
+        check.status = "down"
+        self.engine.forget(check.id)
+        flip = FlipRow(check.id, deadline, old_status, "down", reason)
+        waiter = self.writer.flip(flip)
+        waiter.add_done_callback(_log_flip_failure)
+        log.info("check %s went down at its deadline %.3f (%s)", check.id, deadline, reason)
+
+    # -- checks ------------------------------------------------------------------------
+
+    async def create(self, args: dict[str, Any]) -> Response:
+        check_id: str = args["id"]
+        fields: dict[str, Any] = args["fields"]
+        if check_id in self.checks:
+            return (409, {"error": f"check {check_id} already exists"})
+        try:
+            schedule = schedule_for(fields["kind"], fields["schedule"], fields["tz"])
+        except ScheduleError as exc:
+            return (400, {"error": f"schedule: {exc}"})
+        self.writer.check_capacity()
+
+        now = self.clock.time()
+        fields = {**fields, "status": "new", "created_at": datetime.fromtimestamp(now, UTC)}
+        missing = [name for name in NEW_CHECK_COLUMNS if name not in fields]
+        if missing:
+            return (400, {"error": f"missing fields: {', '.join(missing)}"})
+        check = Check(
+            check_id,
+            project_id=fields["project_id"],
+            kind=fields["kind"],
+            timeout=float(fields["timeout_s"]),
+            grace=float(fields["grace_s"]),
+            schedule=schedule,
+            max_runtime=fields["max_runtime_s"],
+            manual_resume=fields["manual_resume"],
+            methods_post=fields["methods"] == "POST",
+        )
+        self.checks[check_id] = check
+        await self.writer.create(check_id, fields)
+        return (201, self.describe(check))
+
+    def status(self, args: dict[str, Any]) -> Response:
+        check = self.checks.get(args["id"])
+        if check is None:
+            return NOT_FOUND
+        return (200, self.describe(check))
+
+    async def get(self, args: dict[str, Any]) -> Response:
+        check = self.checks.get(args["id"])
+        if check is None:
+            return NOT_FOUND
+        async with self.semaphore, self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(
+                "SELECT name, slug, tags, description, schedule, tz, created_at"
+                " FROM checks WHERE id = %s",
+                (check.id,),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return NOT_FOUND
+        described = self.describe(check)
+        described.update(
+            name=row["name"],
+            slug=row["slug"],
+            tags=row["tags"],
+            desc=row["description"],
+            created=_iso(row["created_at"].timestamp()),
+        )
+        if check.kind != "simple":
+            described.update(schedule=row["schedule"], tz=row["tz"])
+        return (200, described)
+
+    def describe(self, check: Check) -> dict[str, Any]:
+        """Return the check's state as JSON-ready values, read from memory only."""
+        now = self.clock.time()
+        described: dict[str, Any] = {
+            "id": check.id,
+            "status": check.status_at(now),
+            "started": check.last_start is not None,
+            "last_ping": _iso(check.last_ping),
+            "next_ping": _iso(check.next_expected()),
+            "last_duration": check.last_duration,
+            "n_pings": check.n_pings,
+            "grace": int(check.grace),
+            "manual_resume": check.manual_resume,
+            "methods": "POST" if check.methods_post else "",
+        }
+        if check.kind == "simple":
+            described["timeout"] = int(check.timeout)
+        elif check.schedule is not None:
+            described["schedule"] = check.schedule.expression
+            described["tz"] = check.schedule.tz
+        if check.max_runtime is not None:
+            described["max_runtime"] = int(check.max_runtime)
+        return described
+
+
+def _decode_body(encoded: str | None) -> bytes | None:
+    if not encoded:
+        return None
+    return base64.b64decode(encoded)
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def _log_flip_failure(waiter: asyncio.Future[None]) -> None:
+    if not waiter.cancelled() and waiter.exception() is not None:
+        log.error("a timeout flip was not stored: %s", waiter.exception())

@@ -1,0 +1,73 @@
+"""The Falcon ASGI application that gunicorn's workers serve.
+
+Routes only: each request is parsed and validated here, then sent to the shard process
+that owns the check. A web worker holds no check state and no deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import falcon
+import falcon.asgi
+
+from serverlord.config import from_env
+from serverlord.web import errors
+from serverlord.web.pings import PingResource, PingSettings
+from serverlord.web.shards import ShardRouter, ShardUnavailable
+from serverlord.web.tasks import Heartbeat, TaskCollection, TaskStatus
+
+# How long the health check waits for each shard process.
+HEALTH_TIMEOUT = 2.0
+
+
+class Health:
+    def __init__(self, router: ShardRouter) -> None:
+        self.router = router
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        async def probe(shard: int) -> str | None:
+            try:
+                await asyncio.wait_for(
+                    self.router.request_shard(shard, "health", {}), HEALTH_TIMEOUT
+                )
+            except (ShardUnavailable, TimeoutError) as exc:
+                return f"shard {shard}: {exc}"
+            return None
+
+        problems = [
+            p
+            for p in await asyncio.gather(*(probe(s) for s in range(len(self.router.connections))))
+            if p
+        ]
+        resp.status = 503 if problems else 200
+        resp.media = {"status": "unavailable" if problems else "ok", "problems": problems}
+
+    on_head = on_get
+
+
+def create_app(
+    router: ShardRouter | None = None,
+) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
+    settings = from_env()
+    if router is None:
+        topology = Path(
+            os.environ.get("SERVERLORD_TOPOLOGY", settings.runtime_dir / "topology.json")
+        )
+        router = ShardRouter.from_file(topology, settings.api_timeout)
+
+    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response] = falcon.asgi.App()
+    # A trailing slash means the same on every path, so `/ping/<uuid>/start/` is a start.
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+
+    pings = PingResource(router, PingSettings(settings.ping_body_limit))
+    app.add_route("/ping/{code}", pings)
+    app.add_route("/ping/{code}/{suffix}", pings)
+    app.add_route("/api/tasks", TaskCollection(router))
+    app.add_route("/api/tasks/{id}/status", TaskStatus(router))
+    app.add_route("/api/heartbeat/{id}", Heartbeat(router))
+    app.add_route("/healthz", Health(router))
+    return app

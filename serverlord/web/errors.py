@@ -1,0 +1,61 @@
+"""Error answers of the web tier: JSON `{"error": ...}` bodies, never an HTML page.
+
+Client errors are raised as falcon HTTP errors whose description names the field and the
+expected form. An exception nobody expected is logged with its traceback and becomes a
+500 that reveals nothing of the internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import falcon
+import falcon.asgi
+import orjson
+
+from serverlord.web.shards import ShardUnavailable
+
+log = logging.getLogger(__name__)
+
+# Seconds a client is told to wait before retrying a ping that a shard could not take.
+RETRY_AFTER = 2
+
+
+def bad_request(message: str) -> falcon.HTTPBadRequest:
+    return falcon.HTTPBadRequest(title="Bad Request", description=message)
+
+
+def json_error(resp: falcon.asgi.Response, status: int, message: str) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps({"error": message})
+
+
+async def handle_http_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError, params: Any
+) -> None:
+    json_error(resp, exc.status_code, exc.description or exc.title or "error")
+    if exc.headers:
+        resp.set_headers(exc.headers)
+
+
+async def handle_shard_unavailable(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: ShardUnavailable, params: Any
+) -> None:
+    log.warning("%s %s answered 503: %s", req.method, req.path, exc)
+    json_error(resp, 503, f"temporarily unavailable ({exc.reason}); retry shortly")
+    resp.set_header("Retry-After", str(RETRY_AFTER))
+
+
+async def handle_unexpected(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+) -> None:
+    log.exception("unexpected error on %s %s", req.method, req.path)
+    json_error(resp, 500, "internal server error")
+
+
+def install(app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]) -> None:
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(ShardUnavailable, handle_shard_unavailable)

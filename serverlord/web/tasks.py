@@ -1,0 +1,84 @@
+"""The first management endpoints: create a check, send it a heartbeat, read its status."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from serverlord.web.shards import ShardRouter
+from serverlord.web.validation import parse_uuid, read_json_object, task_fields
+
+
+def _answer(resp: falcon.asgi.Response, status: int, body: Any) -> None:
+    resp.status = status
+    resp.media = body
+    if status == 503:
+        resp.set_header("Retry-After", "2")
+
+
+class TaskCollection:
+    def __init__(self, router: ShardRouter) -> None:
+        self.router = router
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        fields = task_fields(await read_json_object(req))
+        check_id = uuid.uuid4()
+        status, body = await self.router.request(
+            check_id, "create", {"id": str(check_id), "fields": fields}
+        )
+        if status == 201:
+            body = _task_view(body, fields, req.prefix)
+        _answer(resp, status, body)
+
+
+class TaskStatus:
+    def __init__(self, router: ShardRouter) -> None:
+        self.router = router
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, id: str) -> None:
+        check_id = parse_uuid(id, "id")
+        status, body = await self.router.request(check_id, "status", {"id": str(check_id)})
+        _answer(resp, status, body)
+
+
+class Heartbeat:
+    def __init__(self, router: ShardRouter) -> None:
+        self.router = router
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, id: str) -> None:
+        check_id = parse_uuid(id, "id")
+        args = {
+            "id": str(check_id),
+            "signal": "success",
+            "method": req.method,
+            "scheme": req.scheme,
+            "remote_addr": req.remote_addr or "",
+            "ua": req.user_agent or "",
+        }
+        status, body = await self.router.request(check_id, "ping", args)
+        if status == 200:
+            body = {"id": str(check_id), "n": body["n"]}
+        _answer(resp, status, body)
+
+
+def _task_view(check: dict[str, Any], fields: dict[str, Any], prefix: str) -> dict[str, Any]:
+    view = {
+        "id": check["id"],
+        "name": fields["name"],
+        "ping_url": f"{prefix}/ping/{check['id']}",
+        "status": check["status"],
+        "grace_period": fields["grace_s"],
+        "last_ping": check["last_ping"],
+        "next_ping": check["next_ping"],
+    }
+    if fields["kind"] == "simple":
+        view["interval"] = fields["timeout_s"]
+    else:
+        view["schedule"] = fields["schedule"]
+        view["tz"] = fields["tz"]
+    if fields["max_runtime_s"] is not None:
+        view["max_runtime"] = fields["max_runtime_s"]
+    return view
