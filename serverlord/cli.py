@@ -51,3 +51,7 @@ def _migrate(settings: Settings) -> None:
     finally:
         supervisor.halt()
     log.info("migrations applied")
+
+
+if __name__ == "__main__":
+    main()

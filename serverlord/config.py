@@ -96,11 +96,7 @@ def _default_data_dir() -> Path:
 def _database_url(env: Mapping[str, str]) -> str | None:
     url = env.get("DATABASE_URL", "").strip()
     if url:
-        if not re.match(r"^postgres(ql)?://", url):
-            raise ConfigError(
-                "DATABASE_URL must be a PostgreSQL URL such as "
-                f"postgresql://user:password@host:5432/serverlord, got {_redact(url)!r}"
-            )
+        _check_dsn("DATABASE_URL", url)
         return url
     if not env.get("DB_HOST"):
         for name in ("DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"):
@@ -128,10 +124,28 @@ def _shard_dsns(env: Mapping[str, str], shard_count: int) -> dict[int, str]:
                 f"{key} names shard {number}, but SHARD_COUNT={shard_count} makes shards "
                 f"0..{shard_count - 1}; remove it or raise SHARD_COUNT"
             )
-        if not re.match(r"^postgres(ql)?://", value):
-            raise ConfigError(f"{key} must be a PostgreSQL URL, got {_redact(value)!r}")
+        _check_dsn(key, value)
         dsns[number] = value
     return dsns
+
+
+def _check_dsn(name: str, value: str) -> None:
+    """Accept a postgresql:// URL or a libpq `key=value` string, as psycopg does."""
+    import psycopg
+    from psycopg import conninfo
+
+    if "://" in value and not re.match(r"^postgres(ql)?://", value):
+        raise ConfigError(
+            f"{name} must be a PostgreSQL URL such as "
+            f"postgresql://user:password@host:5432/serverlord, got {_redact(value)!r}"
+        )
+    try:
+        conninfo.conninfo_to_dict(value)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"{name} is not a valid PostgreSQL connection string ({exc}); use the form "
+            "postgresql://user:password@host:5432/serverlord"
+        ) from None
 
 
 def _port(env: Mapping[str, str]) -> int:

@@ -18,6 +18,7 @@ from psycopg import conninfo, sql
 
 from serverlord.storage.embedded import EmbeddedPostgres
 from serverlord.storage.migrate import migrate
+from tests.server import Server, running_server, server_env
 
 _counter = itertools.count()
 
@@ -64,6 +65,17 @@ def shard_dsn(pg_admin_dsn: str) -> str:
     dsn = create_database(pg_admin_dsn, "shard")
     migrate(dsn, "shard")
     return dsn
+
+
+@pytest.fixture(scope="session")
+def server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One `serverlord serve` with three shards, shared by tests that do not hurt it."""
+    catalog = create_database(pg_admin_dsn, "e2e")
+    runtime = Path(f"/tmp/sl-e2e-{os.getpid()}")
+    log_path = tmp_path_factory.mktemp("e2e") / "server.log"
+    with running_server(server_env(catalog, runtime, shard_count=3), log_path) as running:
+        running.extra["catalog"] = catalog
+        yield running
 
 
 @pytest.fixture

@@ -1,0 +1,89 @@
+"""Bad input gets a 4xx whose message names the field, never a 500."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.server import Server, request
+
+
+def post_task(server: Server, body: bytes | str) -> tuple[int, dict[str, str]]:
+    answer = request("POST", f"{server.url}/api/tasks", body)
+    return answer.status, answer.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ("", "body is empty"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"name": "x", "interval": "5m", "colour": "red"}', "unknown field 'colour'"),
+        ('{"name": "x"}', "interval: missing"),
+        ('{"name": 5, "interval": "5m"}', "name: expected a string"),
+        ('{"name": "x", "interval": [5]}', "interval"),
+        ('{"name": "x", "interval": "0s"}', "interval"),
+        ('{"name": "x", "interval": -5}', "interval"),
+        ('{"name": "x", "interval": "400d"}', "interval"),
+        ('{"name": "x", "interval": 99999999999999999999}', "interval"),
+        ('{"name": "x", "interval": true}', "interval"),
+        ('{"name": "x", "interval": 1.5}', "interval"),
+        ('{"name": "x", "interval": "5m", "grace_period": "soon"}', "grace_period"),
+        ('{"name": "x", "interval": "5m", "grace_period": null}', "grace_period"),
+        ('{"name": "x", "schedule": "61 * * * *"}', "schedule"),
+        ('{"name": "x", "schedule": "0 0 * * *", "tz": "Mars/Olympus"}', "tz"),
+        ('{"name": "x", "schedule": "0 0 * * *", "interval": "5m"}', "interval"),
+    ],
+)
+def test_create_task_rejects_bad_body(server: Server, body: str, fragment: str) -> None:
+    status, answer = post_task(server, body)
+    assert status == 400
+    assert fragment in answer["error"]
+
+
+def test_create_task_rejects_long_name(server: Server) -> None:
+    status, answer = post_task(server, json.dumps({"name": "n" * 101, "interval": 60}))
+    assert status == 400
+    assert "name" in answer["error"]
+    assert "100" in answer["error"]
+
+
+def test_create_task_rejects_huge_body(server: Server) -> None:
+    body = json.dumps({"name": "x", "interval": 60, "pad": "p" * 100_000})
+    status, answer = post_task(server, body)
+    assert status == 413
+    assert "limit" in answer["error"]
+
+
+def test_create_task_accepts_integer_seconds(server: Server) -> None:
+    status, answer = post_task(server, json.dumps({"name": "x", "interval": 90}))
+    assert status == 201
+    assert answer["interval"] == 90
+    assert answer["grace_period"] == 3600
+
+
+@pytest.mark.parametrize("bad_id", ["nope", "1234", f"{uuid.uuid4()}x", "%7Buuid%7D"])
+def test_status_rejects_malformed_id(server: Server, bad_id: str) -> None:
+    answer = request("GET", f"{server.url}/api/tasks/{bad_id}/status")
+    assert answer.status == 400
+    assert "id:" in answer.json()["error"]
+
+
+def test_heartbeat_rejects_malformed_id(server: Server) -> None:
+    answer = request("POST", f"{server.url}/api/heartbeat/not-a-uuid")
+    assert answer.status == 400
+    assert "id:" in answer.json()["error"]
+
+
+def test_heartbeat_unknown_check_is_404(server: Server) -> None:
+    answer = request("POST", f"{server.url}/api/heartbeat/{uuid.uuid4()}")
+    assert answer.status == 404
+
+
+def test_ping_malformed_uuid_is_404(server: Server) -> None:
+    answer = request("GET", f"{server.url}/ping/not-a-uuid")
+    assert answer.status == 404
+    assert answer.text == "not found"
