@@ -130,7 +130,7 @@ class Server:
             if "serverlord.shardproc" in cmdline and cmdline[cmdline.index("--shard") + 1] == str(
                 shard
             ):
-                return child.pid
+                return int(child.pid)
         raise LookupError(f"no process for shard {shard}")
 
     def create_check(self, **fields: Any) -> dict[str, Any]:
