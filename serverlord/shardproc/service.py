@@ -52,6 +52,7 @@ class ShardService:
         db_concurrency: int,
         owner_token: str,
         body_limit: int = 100_000,
+        quiet_period: float | None = None,
     ) -> None:
         self.shard = shard
         self.clock = clock
@@ -63,6 +64,9 @@ class ShardService:
         self.writer = Writer(pool, self.semaphore, self.checks.get, self._mark_stale, owner_token)
         self.engine = DeadlineEngine(clock, self.checks.get, self._on_timeout)
         self._reload_wakeup = asyncio.Event()
+        # Deadlines before this instant passed while the shard process was not running.
+        self.booted_at = clock.time()
+        self.quiet_period = quiet_period
 
     # -- loading -----------------------------------------------------------------------
 
@@ -128,8 +132,16 @@ class ShardService:
                 return await self.create(args)
             if op == "get":
                 return await self.get(args)
+            if op == "update":
+                return await self.update(args)
+            if op == "delete":
+                return await self.delete(args)
+            if op == "pause":
+                return await self.pause(args)
+            if op == "resume":
+                return await self.resume(args)
             if op == "health":
-                return (200, {"shard": self.shard, "checks": len(self.checks)})
+                return (200, self.stats())
         except WriterOverloaded as exc:
             return unavailable(str(exc))
         except WriteFailed as exc:
@@ -184,7 +196,13 @@ class ShardService:
         reason = check.reason_for_timeout()
         check.status = "down"
         self.engine.forget(check.id)
-        flip = FlipRow(check.id, deadline, old_status, "down", reason)
+        hold_until = None
+        if deadline < self.booted_at:
+            # The deadline passed while this shard was not running: keep the true time in
+            # history, but give the job a quiet period to report before anyone is paged.
+            quiet = check.grace if self.quiet_period is None else self.quiet_period
+            hold_until = self.booted_at + quiet
+        flip = FlipRow(check.id, deadline, old_status, "down", reason, hold_until)
         waiter = self.writer.flip(flip)
         waiter.add_done_callback(_log_flip_failure)
         log.info("check %s went down at its deadline %.3f (%s)", check.id, deadline, reason)
@@ -221,6 +239,95 @@ class ShardService:
         self.checks[check_id] = check
         await self.writer.create(check_id, fields)
         return (201, self.describe(check))
+
+    async def update(self, args: dict[str, Any]) -> Response:
+        """Change a check's settings; only the fields sent change."""
+        check = self.checks.get(args["id"])
+        if check is None:
+            return NOT_FOUND
+        if check.id in self.stale:
+            return unavailable("the check is being reloaded after a failed write")
+        fields: dict[str, Any] = args["fields"]
+        kind = fields.get("kind", check.kind)
+        schedule = check.schedule
+        if "schedule" in fields or "tz" in fields or "kind" in fields:
+            expression = fields.get("schedule", check.schedule.expression if check.schedule else "")
+            tz = fields.get("tz", check.schedule.tz if check.schedule else "UTC")
+            try:
+                schedule = schedule_for(kind, expression, tz)
+            except ScheduleError as exc:
+                return (400, {"error": f"schedule: {exc}"})
+        self.writer.check_capacity()
+
+        check.kind = kind
+        check.schedule = schedule
+        if "timeout_s" in fields:
+            check.timeout = float(fields["timeout_s"])
+        if "grace_s" in fields:
+            check.grace = float(fields["grace_s"])
+        if "max_runtime_s" in fields:
+            value = fields["max_runtime_s"]
+            check.max_runtime = None if value is None else float(value)
+        if "manual_resume" in fields:
+            check.manual_resume = bool(fields["manual_resume"])
+        if "methods" in fields:
+            check.methods_post = fields["methods"] == "POST"
+        self.engine.rearm(check)
+        await self.writer.update_fields(check.id, fields)
+        return (200, self.describe(check))
+
+    async def delete(self, args: dict[str, Any]) -> Response:
+        check = self.checks.get(args["id"])
+        if check is None:
+            return NOT_FOUND
+        self.writer.check_capacity()
+        described = self.describe(check)
+        del self.checks[check.id]
+        self.engine.forget(check.id)
+        await self.writer.delete(check.id)
+        return (200, described)
+
+    async def pause(self, args: dict[str, Any]) -> Response:
+        """Stop watching a check; a no-op when it is already paused."""
+        check = self.checks.get(args["id"])
+        if check is None:
+            return NOT_FOUND
+        if check.status == "paused":
+            return (200, self.describe(check))
+        self.writer.check_capacity()
+        old_status = check.status
+        check.status = "paused"
+        check.last_start = None
+        check.last_start_rid = None
+        self.engine.rearm(check)
+        await self.writer.flip(FlipRow(check.id, self.clock.time(), old_status, "paused", "pause"))
+        return (200, self.describe(check))
+
+    async def resume(self, args: dict[str, Any]) -> Response:
+        """Make a paused check new again: it waits for its first ping, with no deadline."""
+        check = self.checks.get(args["id"])
+        if check is None:
+            return NOT_FOUND
+        if check.status != "paused":
+            return (409, {"error": "check is not paused"})
+        self.writer.check_capacity()
+        check.status = "new"
+        check.last_ping = None
+        check.last_start = None
+        check.last_start_rid = None
+        self.engine.rearm(check)
+        await self.writer.flip(FlipRow(check.id, self.clock.time(), "paused", "new", "resume"))
+        return (200, self.describe(check))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "checks": len(self.checks),
+            "armed": len(self.engine),
+            "transactions": self.writer.transactions,
+            "changes": self.writer.changes,
+            "fired": self.engine.fired,
+        }
 
     def status(self, args: dict[str, Any]) -> Response:
         check = self.checks.get(args["id"])

@@ -61,6 +61,7 @@ class FlipRow:
     old_status: str
     new_status: str
     reason: str
+    hold_until: float | None = None
 
 
 @dataclass(slots=True)
@@ -152,6 +153,10 @@ class Writer:
         waiter = self._enqueue()
         self._batch.touched.add(check_id)
         return waiter
+
+    def barrier(self) -> asyncio.Future[None]:
+        """Return a future that resolves once everything queued before it is committed."""
+        return self._enqueue()
 
     def create(self, check_id: str, fields: dict[str, Any]) -> asyncio.Future[None]:
         waiter = self._enqueue()
@@ -301,8 +306,8 @@ async def _write(
 
         if batch.flips:
             await cursor.executemany(
-                "INSERT INTO flips (check_id, created, old_status, new_status, reason)"
-                " VALUES (%s, %s, %s, %s, %s)",
+                "INSERT INTO flips (check_id, created, old_status, new_status, reason, hold_until)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
                 [
                     (
                         flip.check_id,
@@ -310,6 +315,7 @@ async def _write(
                         flip.old_status,
                         flip.new_status,
                         flip.reason,
+                        _ts(flip.hold_until),
                     )
                     for flip in batch.flips
                 ],
