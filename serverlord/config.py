@@ -48,6 +48,9 @@ class Settings:
     shard_db_concurrency: int
     otel_endpoint: str | None
     log_level: str
+    startup_quiet_period: float | None = None
+    """Seconds alerts wait after a start for deadlines missed while the server was down;
+    None means each check's own grace period."""
 
     @property
     def embedded(self) -> bool:
@@ -80,6 +83,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         shard_db_concurrency=_int(env, "SHARD_DB_CONCURRENCY", 3, 1, 100),
         otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_COLLECTOR_ENDPOINT"),
         log_level=_log_level(env),
+        startup_quiet_period=(
+            _float(env, "STARTUP_QUIET_PERIOD", 0.0, 0.0, 86400.0 * 365)
+            if env.get("STARTUP_QUIET_PERIOD", "").strip()
+            else None
+        ),
     )
 
 

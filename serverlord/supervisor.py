@@ -220,6 +220,8 @@ class Supervisor:
             "--log-level",
             settings.log_level,
         ]
+        if settings.startup_quiet_period is not None:
+            command += ["--quiet-period", str(settings.startup_quiet_period)]
         # A process group of its own keeps a terminal's Ctrl-C away from the child, so
         # shutdown follows the supervisor's order instead of hitting every process at once.
         child.process = subprocess.Popen(command, preexec_fn=_die_with_parent, process_group=0)

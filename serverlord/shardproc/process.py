@@ -61,6 +61,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--boot-timeout", type=float, default=60.0, help="seconds to wait for the database"
     )
+    parser.add_argument(
+        "--quiet-period",
+        type=float,
+        default=None,
+        help="seconds to hold alerts for deadlines missed while stopped (default: grace)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -108,6 +114,7 @@ class ShardProcess:
             self.args.db_concurrency,
             self.owner_token,
             self.args.body_limit,
+            self.args.quiet_period,
         )
         try:
             await service.load()

@@ -17,7 +17,7 @@ from serverlord.config import from_env
 from serverlord.web import errors
 from serverlord.web.pings import PingResource, PingSettings
 from serverlord.web.shards import ShardRouter, ShardUnavailable
-from serverlord.web.tasks import Heartbeat, TaskCollection, TaskStatus
+from serverlord.web.tasks import Heartbeat, TaskAction, TaskCollection, TaskStatus
 
 # How long the health check waits for each shard process.
 HEALTH_TIMEOUT = 2.0
@@ -68,6 +68,8 @@ def create_app(
     app.add_route("/ping/{code}/{suffix}", pings)
     app.add_route("/api/tasks", TaskCollection(router))
     app.add_route("/api/tasks/{id}/status", TaskStatus(router))
+    app.add_route("/api/tasks/{id}/pause", TaskAction(router, "pause"))
+    app.add_route("/api/tasks/{id}/resume", TaskAction(router, "resume"))
     app.add_route("/api/heartbeat/{id}", Heartbeat(router))
     app.add_route("/healthz", Health(router))
     return app

@@ -82,3 +82,16 @@ def _task_view(check: dict[str, Any], fields: dict[str, Any], prefix: str) -> di
     if fields["max_runtime_s"] is not None:
         view["max_runtime"] = fields["max_runtime_s"]
     return view
+
+
+class TaskAction:
+    """`POST /api/tasks/{id}/pause` and `/resume`."""
+
+    def __init__(self, router: ShardRouter, op: str) -> None:
+        self.router = router
+        self.op = op
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, id: str) -> None:
+        check_id = parse_uuid(id, "id")
+        status, body = await self.router.request(check_id, self.op, {"id": str(check_id)})
+        _answer(resp, status, body)

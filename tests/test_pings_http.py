@@ -1,0 +1,137 @@
+"""The ping URLs as crontab lines and wrappers call them, over real HTTP."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.server import Server, request
+
+pytestmark = pytest.mark.e2e
+
+
+def status_of(server: Server, check_id: str) -> dict[str, object]:
+    answer = request("GET", f"{server.url}/api/tasks/{check_id}/status")
+    assert answer.status == 200
+    result: dict[str, object] = answer.json()
+    return result
+
+
+@pytest.mark.parametrize(
+    ("suffix", "http_status", "expected"),
+    [("0", 200, "up"), ("1", 200, "down"), ("255", 200, "down"), ("256", 400, "new")],
+)
+def test_exit_status_suffix(server: Server, suffix: str, http_status: int, expected: str) -> None:
+    check = server.create_check()
+    answer = request("GET", f"{check['ping_url']}/{suffix}")
+    assert answer.status == http_status
+    if http_status == 400:
+        assert answer.text == "invalid url format"
+    assert status_of(server, check["id"])["status"] == expected
+
+
+def test_negative_exit_status_records_nothing(server: Server) -> None:
+    check = server.create_check()
+    answer = request("GET", f"{check['ping_url']}/-1")
+    assert answer.status == 404
+    assert status_of(server, check["id"])["n_pings"] == 0
+
+
+@pytest.mark.parametrize("path", ["/", "/start/", "/fail/", "/log/", "/0/"])
+def test_trailing_slash_same_meaning(server: Server, path: str) -> None:
+    check = server.create_check()
+    answer = request("GET", f"{check['ping_url']}{path}")
+    assert answer.status == 200
+    state = status_of(server, check["id"])
+    assert state["n_pings"] == 1
+    if path == "/start/":
+        assert state["status"] == "new"
+        assert state["started"] is True
+    elif path == "/fail/":
+        assert state["status"] == "down"
+    elif path == "/log/":
+        assert state["status"] == "new"
+    else:
+        assert state["status"] == "up"
+
+
+def test_upper_case_uuid_same_check(server: Server) -> None:
+    check = server.create_check()
+    answer = request("GET", f"{server.url}/ping/{check['id'].upper()}")
+    assert answer.status == 200
+    assert status_of(server, check["id"])["n_pings"] == 1
+
+
+def test_head_ping_empty_body(server: Server) -> None:
+    check = server.create_check()
+    answer = request("HEAD", check["ping_url"])
+    assert answer.status == 200
+    assert answer.body == b""
+    assert status_of(server, check["id"])["status"] == "up"
+
+
+def test_ping_headers_for_browsers_and_wrappers(server: Server) -> None:
+    check = server.create_check()
+    answer = request("GET", check["ping_url"])
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert "no-cache" in answer.headers["cache-control"]
+    assert answer.headers["ping-body-limit"] == "100000"
+
+
+def test_start_then_success_records_duration(server: Server) -> None:
+    check = server.create_check()
+    run_id = str(uuid.uuid4())
+    assert request("GET", f"{check['ping_url']}/start?rid={run_id}").status == 200
+    assert status_of(server, check["id"])["started"] is True
+    assert request("GET", f"{check['ping_url']}?rid={run_id}").status == 200
+    state = status_of(server, check["id"])
+    assert state["started"] is False
+    assert isinstance(state["last_duration"], float)
+
+
+def test_malformed_rid_rejected(server: Server) -> None:
+    check = server.create_check()
+    answer = request("GET", f"{check['ping_url']}?rid=not-a-uuid")
+    assert answer.status == 400
+    assert answer.text == "invalid uuid format"
+    assert status_of(server, check["id"])["n_pings"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        bytes.fromhex("41424344E9E9"),
+        "héllo".encode("utf-16-le"),
+        b"",
+        b"\x00\xff\xfe",
+    ],
+)
+def test_any_body_bytes_accepted(server: Server, body: bytes) -> None:
+    check = server.create_check()
+    for suffix in ("", "/fail"):
+        answer = request("POST", f"{check['ping_url']}{suffix}", body)
+        assert answer.status == 200
+    assert status_of(server, check["id"])["status"] == "down"
+
+
+def test_long_body_cut_not_refused(server: Server) -> None:
+    check = server.create_check()
+    body = ("a" + "é" * 60_000).encode()
+    answer = request("POST", check["ping_url"], body)
+    assert answer.status == 200
+    assert status_of(server, check["id"])["status"] == "up"
+
+
+def test_pause_and_resume_over_http(server: Server) -> None:
+    check = server.create_check()
+    request("GET", check["ping_url"])
+    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/pause")
+    assert answer.status == 200
+    assert answer.json()["status"] == "paused"
+    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/resume")
+    assert answer.status == 200
+    assert answer.json()["status"] == "new"
+    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/resume")
+    assert answer.status == 409
+    assert answer.json() == {"error": "check is not paused"}
