@@ -30,6 +30,7 @@ class Check:
     """The part of a check that the ping path and the deadline engine need."""
 
     __slots__ = (
+        "alerting",
         "grace",
         "id",
         "kind",
@@ -44,6 +45,7 @@ class Check:
         "n_pings",
         "project_id",
         "schedule",
+        "slug",
         "status",
         "timeout",
     )
@@ -53,6 +55,7 @@ class Check:
         id: str,
         *,
         project_id: int | None = None,
+        slug: str = "",
         kind: str = "simple",
         timeout: float = 86400.0,
         grace: float = 3600.0,
@@ -69,6 +72,9 @@ class Check:
     ) -> None:
         self.id = id
         self.project_id = project_id
+        # Kept in memory so a slug ping can be verified without a database read; most
+        # checks have no slug and share the one empty string.
+        self.slug = slug
         self.kind = kind
         self.timeout = timeout
         self.grace = grace
@@ -83,6 +89,8 @@ class Check:
         self.last_completed_rid: str | None = None
         self.last_duration = last_duration
         self.n_pings = n_pings
+        # Per-check alert policy state, None until the check's policy needs any.
+        self.alerting: object | None = None
 
     # -- deadlines ---------------------------------------------------------------------
 
@@ -220,6 +228,7 @@ def check_from_row(row: dict[str, Any]) -> Check | None:
     return Check(
         str(row["id"]),
         project_id=row["project_id"],
+        slug=row["slug"] or "",
         kind=row["kind"],
         timeout=float(row["timeout_s"]),
         grace=float(row["grace_s"]),

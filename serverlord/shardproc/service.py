@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ from serverlord.shardproc.writer import (
 log = logging.getLogger(__name__)
 
 Response = tuple[int, Any]
+OpHandler = Callable[[dict[str, Any]], Awaitable[Response]]
 
 NOT_FOUND: Response = (404, {"error": "not found"})
 SIGNALS: frozenset[str] = frozenset({"success", "start", "fail", "log"})
@@ -67,6 +69,17 @@ class ShardService:
         # Deadlines before this instant passed while the shard process was not running.
         self.booted_at = clock.time()
         self.quiet_period = quiet_period
+        self._ops: dict[str, OpHandler] = {
+            "ping": self.ping,
+            "status": self.status,
+            "create": self.create,
+            "get": self.get,
+            "update": self.update,
+            "delete": self.delete,
+            "pause": self.pause,
+            "resume": self.resume,
+            "health": self.health,
+        }
 
     # -- loading -----------------------------------------------------------------------
 
@@ -122,26 +135,16 @@ class ShardService:
 
     # -- dispatch ----------------------------------------------------------------------
 
+    def register(self, op: str, handler: OpHandler) -> None:
+        """Serve `op` with `handler`; modules that add operations call this at start."""
+        self._ops[op] = handler
+
     async def handle(self, op: str, args: dict[str, Any]) -> Response:
+        handler = self._ops.get(op)
+        if handler is None:
+            return (400, {"error": f"unknown operation {op!r}"})
         try:
-            if op == "ping":
-                return await self.ping(args)
-            if op == "status":
-                return self.status(args)
-            if op == "create":
-                return await self.create(args)
-            if op == "get":
-                return await self.get(args)
-            if op == "update":
-                return await self.update(args)
-            if op == "delete":
-                return await self.delete(args)
-            if op == "pause":
-                return await self.pause(args)
-            if op == "resume":
-                return await self.resume(args)
-            if op == "health":
-                return (200, self.stats())
+            return await handler(args)
         except WriterOverloaded as exc:
             return unavailable(str(exc))
         except WriteFailed as exc:
@@ -149,7 +152,9 @@ class ShardService:
         except (psycopg.Error, OSError) as exc:
             log.warning("shard %d database error on %s: %s", self.shard, op, exc)
             return unavailable("the database is not answering")
-        return (400, {"error": f"unknown operation {op!r}"})
+
+    async def health(self, args: dict[str, Any]) -> Response:
+        return (200, self.stats())
 
     # -- pings -------------------------------------------------------------------------
 
@@ -228,6 +233,7 @@ class ShardService:
         check = Check(
             check_id,
             project_id=fields["project_id"],
+            slug=fields["slug"],
             kind=fields["kind"],
             timeout=float(fields["timeout_s"]),
             grace=float(fields["grace_s"]),
@@ -270,6 +276,8 @@ class ShardService:
             check.max_runtime = None if value is None else float(value)
         if "manual_resume" in fields:
             check.manual_resume = bool(fields["manual_resume"])
+        if "slug" in fields:
+            check.slug = fields["slug"]
         if "methods" in fields:
             check.methods_post = fields["methods"] == "POST"
         self.engine.rearm(check)
@@ -329,7 +337,7 @@ class ShardService:
             "fired": self.engine.fired,
         }
 
-    def status(self, args: dict[str, Any]) -> Response:
+    async def status(self, args: dict[str, Any]) -> Response:
         check = self.checks.get(args["id"])
         if check is None:
             return NOT_FOUND
