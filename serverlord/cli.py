@@ -1,4 +1,4 @@
-"""The `serverlord` command: serve, migrate."""
+"""The `serverlord` command: serve, migrate, and the user, project and key commands."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from serverlord.accounts import cli as accounts_cli
 from serverlord.config import ConfigError, Settings, from_env, load_dotenv_file
 from serverlord.logs import setup_logging
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
         "serve", help="run the server (embedded PostgreSQL when DATABASE_URL is unset)"
     )
     commands.add_parser("migrate", help="create or update the catalog and shard schemas")
+    accounts_cli.add_commands(commands)
     args = parser.parse_args(argv)
 
     load_dotenv_file()
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(Supervisor(settings).run())
     if args.command == "migrate":
         _migrate(settings)
+    if args.command in ("user", "project", "key"):
+        sys.exit(accounts_cli.run(args, settings))
 
 
 def _migrate(settings: Settings) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from urllib.parse import quote
 
@@ -52,6 +53,19 @@ class Settings:
     """Seconds alerts wait after a start for deadlines missed while the server was down;
     None means each check's own grace period."""
 
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    """Networks of reverse proxies whose X-Forwarded-For header names the real client."""
+
+    ping_retention: int = 100
+    """Pings kept per check; older ones are pruned in the background."""
+
+    flip_retention_days: int = 93
+    """Days of flips kept; older ones are pruned in the background."""
+
+    auth_cache_ttl: float = 5.0
+    """Seconds a web worker remembers a key lookup, and so also how long a revoked key
+    may still work."""
+
     @property
     def embedded(self) -> bool:
         return self.database_url is None
@@ -88,6 +102,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             if env.get("STARTUP_QUIET_PERIOD", "").strip()
             else None
         ),
+        trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+        ping_retention=_int(env, "PING_RETENTION", 100, 1, 100_000),
+        flip_retention_days=_int(env, "FLIP_RETENTION_DAYS", 93, 93, 36_500),
+        auth_cache_ttl=_float(env, "AUTH_CACHE_TTL", 5.0, 0.0, 300.0),
     )
 
 
@@ -207,3 +225,20 @@ def _log_level(env: Mapping[str, str]) -> str:
 def _redact(url: str) -> str:
     """Hide the password of a URL before it goes into a message."""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Parse a comma-separated list of addresses or networks such as 10.0.0.0/8,::1."""
+    networks = []
+    for item in env.get(name, "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list IP addresses or networks separated by commas, such as "
+                f"127.0.0.1,10.0.0.0/8; {item!r} is neither"
+            ) from None
+    return tuple(networks)

@@ -106,7 +106,7 @@ class Supervisor:
         try:
             catalog_dsn = self.prepare_databases()
             self.spawn_shards(catalog_dsn)
-            self.spawn_gunicorn()
+            self.spawn_gunicorn(catalog_dsn)
             log.info(
                 "Server Lord listening on http://%s:%d with %d shards",
                 self.settings.host,
@@ -279,9 +279,12 @@ class Supervisor:
 
     # -- web server --------------------------------------------------------------------
 
-    def spawn_gunicorn(self) -> None:
+    def spawn_gunicorn(self, catalog_dsn: str | None = None) -> None:
         env = dict(os.environ)
         env["SERVERLORD_TOPOLOGY"] = str(self.topology_path)
+        if catalog_dsn is not None:
+            # Web workers look up API and ping keys in the catalog.
+            env["SERVERLORD_CATALOG_DSN"] = catalog_dsn
         command = [
             sys.executable,
             "-m",

@@ -24,7 +24,10 @@ import uvloop
 from psycopg_pool import AsyncConnectionPool
 
 from serverlord.clock import SystemClock
+from serverlord.config import from_env
 from serverlord.logs import setup_logging
+from serverlord.shardproc.api_ops import ApiOps
+from serverlord.shardproc.retention import Retention
 from serverlord.shardproc.server import SocketServer
 from serverlord.shardproc.service import ShardService
 
@@ -120,6 +123,9 @@ class ShardProcess:
             await service.load()
         except psycopg.errors.UndefinedTable as exc:
             raise BootError(f"the shard database is not migrated: {exc}") from exc
+        ApiOps(service).install()
+        settings = from_env()
+        retention = Retention(service, settings.ping_retention, settings.flip_retention_days)
 
         server = SocketServer(self.args.socket, service.handle, self.shard)
         tasks = [
@@ -129,6 +135,7 @@ class ShardProcess:
             asyncio.create_task(self._watch_parent(), name="parent-watch"),
             asyncio.create_task(self._watch_lock(), name="lock-watch"),
             asyncio.create_task(self._watch_ownership(service), name="owner-watch"),
+            asyncio.create_task(retention.run(), name="retention"),
         ]
         await server.start()
         log.info("shard %d ready with %d checks", self.shard, len(service.checks))
