@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -20,6 +21,18 @@ from urllib.parse import urlsplit
 import psutil
 
 READY_TIMEOUT = 60.0
+
+_user_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Project:
+    """A project made through the command line, with its keys."""
+
+    id: int
+    rw_key: str
+    ro_key: str
+    ping_key: str
 
 
 def free_port() -> int:
@@ -133,9 +146,38 @@ class Server:
                 return int(child.pid)
         raise LookupError(f"no process for shard {shard}")
 
+    def cli(self, *args: str) -> Any:
+        """Run `serverlord <args> --json` against this server's catalog; return its output."""
+        finished = subprocess.run(
+            [sys.executable, "-m", "serverlord.cli", *args, "--json"],
+            env=self.env,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        assert finished.returncode == 0, finished.stderr.decode(errors="replace")
+        return json.loads(finished.stdout)
+
+    def create_project(self, name: str = "tests") -> Project:
+        """Create a user and a project through the command line; return its keys."""
+        email = f"user{next(_user_numbers)}-{os.getpid()}@example.com"
+        self.cli("user", "create", email)
+        created = self.cli("project", "create", "--owner", email, "--name", name)
+        keys = created["keys"]
+        return Project(created["project_id"], keys["rw"], keys["ro"], keys["ping"])
+
+    @property
+    def project(self) -> Project:
+        """A project shared by the tests that need any one project."""
+        if "project" not in self.extra:
+            self.extra["project"] = self.create_project("shared")
+        project: Project = self.extra["project"]
+        return project
+
     def create_check(self, **fields: Any) -> dict[str, Any]:
         body = {"name": "job", "interval": "1h", "grace_period": "5m", **fields}
-        answer = request("POST", f"{self.url}/api/tasks", json.dumps(body))
+        headers = {"X-Api-Key": self.project.rw_key}
+        answer = request("POST", f"{self.url}/api/tasks", json.dumps(body), headers)
         assert answer.status == 201, answer.text
         created: dict[str, Any] = answer.json()
         return created

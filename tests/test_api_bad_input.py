@@ -11,7 +11,8 @@ from tests.server import Server, request
 
 
 def post_task(server: Server, body: bytes | str) -> tuple[int, dict[str, str]]:
-    answer = request("POST", f"{server.url}/api/tasks", body)
+    headers = {"X-Api-Key": server.project.rw_key}
+    answer = request("POST", f"{server.url}/api/tasks", body, headers)
     return answer.status, answer.json()
 
 

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.e2e
 
 
 def status_of(server: Server, check_id: str) -> dict[str, object]:
-    answer = request("GET", f"{server.url}/api/tasks/{check_id}/status")
+    headers = {"X-Api-Key": server.project.rw_key}
+    answer = request("GET", f"{server.url}/api/tasks/{check_id}/status", headers=headers)
     assert answer.status == 200
     result: dict[str, object] = answer.json()
     return result
@@ -126,12 +127,13 @@ def test_long_body_cut_not_refused(server: Server) -> None:
 def test_pause_and_resume_over_http(server: Server) -> None:
     check = server.create_check()
     request("GET", check["ping_url"])
-    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/pause")
+    headers = {"X-Api-Key": server.project.rw_key}
+    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/pause", headers=headers)
     assert answer.status == 200
     assert answer.json()["status"] == "paused"
-    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/resume")
+    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/resume", headers=headers)
     assert answer.status == 200
     assert answer.json()["status"] == "new"
-    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/resume")
+    answer = request("POST", f"{server.url}/api/tasks/{check['id']}/resume", headers=headers)
     assert answer.status == 409
     assert answer.json() == {"error": "check is not paused"}

@@ -103,8 +103,8 @@ class ApiOps:
     def _guard(self, handler: OpHandler, viewed: bool = False) -> OpHandler:
         """Wrap `handler` so it refuses another project's checks.
 
-        With `viewed`, a request of the management API (one with `project_id`) gets the
-        check as the API shows it instead of the handler's answer.
+        With `viewed`, a request that sets `view` gets the check as the management API
+        shows it instead of the handler's answer.
         """
 
         async def guarded(args: dict[str, Any]) -> Response:
@@ -112,7 +112,7 @@ class ApiOps:
             if check is None:
                 return NOT_FOUND
             status, body = await handler(args)
-            if viewed and status == 200 and "project_id" in args:
+            if viewed and status == 200 and args.get("view"):
                 body = await self._view_one(check)
             return status, body
 

@@ -14,7 +14,10 @@ import falcon
 import falcon.asgi
 
 from serverlord.config import from_env
-from serverlord.web import errors
+from serverlord.web import api_v3, errors
+from serverlord.web.api_v3.checks import ApiContext
+from serverlord.web.api_v3.slug_pings import SlugPings
+from serverlord.web.auth import Authenticator, Catalog
 from serverlord.web.pings import PingResource, PingSettings
 from serverlord.web.shards import ShardRouter, ShardUnavailable
 from serverlord.web.tasks import Heartbeat, TaskAction, TaskCollection, TaskStatus
@@ -63,13 +66,18 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
 
-    pings = PingResource(router, PingSettings(settings.ping_body_limit))
+    catalog = Catalog(os.environ.get("SERVERLORD_CATALOG_DSN"), settings.auth_cache_ttl)
+    auth = Authenticator(catalog)
+    ping_settings = PingSettings(settings.ping_body_limit, settings.trusted_proxies)
+    pings = PingResource(router, ping_settings, SlugPings(router, auth, catalog, ping_settings))
     app.add_route("/ping/{code}", pings)
     app.add_route("/ping/{code}/{suffix}", pings)
-    app.add_route("/api/tasks", TaskCollection(router))
-    app.add_route("/api/tasks/{id}/status", TaskStatus(router))
-    app.add_route("/api/tasks/{id}/pause", TaskAction(router, "pause"))
-    app.add_route("/api/tasks/{id}/resume", TaskAction(router, "resume"))
+    app.add_route("/ping/{code}/{suffix}/{action}", pings)
+    app.add_route("/api/tasks", TaskCollection(router, auth))
+    app.add_route("/api/tasks/{id}/status", TaskStatus(router, auth))
+    app.add_route("/api/tasks/{id}/pause", TaskAction(router, "pause", auth))
+    app.add_route("/api/tasks/{id}/resume", TaskAction(router, "resume", auth))
     app.add_route("/api/heartbeat/{id}", Heartbeat(router))
     app.add_route("/healthz", Health(router))
+    api_v3.install(app, ApiContext(router, auth, catalog, settings.ping_retention))
     return app

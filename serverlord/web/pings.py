@@ -1,5 +1,7 @@
 """Ping endpoints: `/ping/<uuid>` and its suffixes, as crontab lines call them.
 
+`/ping/<ping-key>/<slug>` and its suffixes are handed to the slug ping handler.
+
 Answers are plain text (`OK`, `not found`) like healthchecks', so wrappers that look at
 the body keep working. HEAD, GET and POST are all pings.
 """
@@ -7,7 +9,8 @@ the body keep working. HEAD, GET and POST are all pings.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Any, Protocol
 from uuid import UUID
 
 import falcon
@@ -20,8 +23,22 @@ MAX_EXIT_STATUS = 255
 
 
 class PingSettings:
-    def __init__(self, body_limit: int) -> None:
+    def __init__(
+        self, body_limit: int, trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    ) -> None:
         self.body_limit = body_limit
+        self.trusted_proxies = trusted_proxies
+
+
+class SlugPingHandler(Protocol):
+    async def ping(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        ping_key: str,
+        slug: str,
+        suffix: str | None,
+    ) -> None: ...
 
 
 def text(resp: falcon.asgi.Response, status: int, body: str) -> None:
@@ -43,9 +60,15 @@ def parse_suffix(suffix: str | None) -> tuple[str, int | None] | None:
 
 
 class PingResource:
-    def __init__(self, router: ShardRouter, settings: PingSettings) -> None:
+    def __init__(
+        self,
+        router: ShardRouter,
+        settings: PingSettings,
+        slug_pings: SlugPingHandler | None = None,
+    ) -> None:
         self.router = router
         self.settings = settings
+        self.slug_pings = slug_pings
 
     async def on_get(
         self,
@@ -53,7 +76,18 @@ class PingResource:
         resp: falcon.asgi.Response,
         code: str,
         suffix: str | None = None,
+        action: str | None = None,
     ) -> None:
+        if self.slug_pings is not None and suffix is not None and len(code) != 36:
+            # /ping/<ping-key>/<slug>[/<action>]: a UUID is always 36 characters, a ping
+            # key never is.
+            _common_headers(resp, self.settings.body_limit)
+            await self.slug_pings.ping(req, resp, code, suffix, action)
+            return
+        if action is not None:
+            _common_headers(resp, self.settings.body_limit)
+            text(resp, 404, "not found")
+            return
         await self._ping(req, resp, code, suffix)
 
     on_post = on_get
@@ -72,46 +106,114 @@ class PingResource:
             text(resp, 404, "not found")
             return
 
-        parsed = parse_suffix(suffix)
-        if parsed is not None and parsed[1] is not None and parsed[1] > MAX_EXIT_STATUS:
-            text(resp, 400, "invalid url format")
+        args = await read_ping(req, resp, suffix, self.settings)
+        if args is None:
             return
-        if parsed is None:
-            text(resp, 404, "not found")
-            return
-        signal, exitstatus = parsed
-
-        rid = req.get_param("rid")
-        if rid is not None:
-            try:
-                rid = str(UUID(rid))
-            except ValueError:
-                text(resp, 400, "invalid uuid format")
-                return
-
-        body, size = await _read_body(req, self.settings.body_limit)
-        args: dict[str, Any] = {
-            "id": str(check_id),
-            "signal": signal,
-            "exitstatus": exitstatus,
-            "rid": rid,
-            "method": req.method,
-            "scheme": req.scheme,
-            "remote_addr": req.remote_addr or "",
-            "ua": req.user_agent or "",
-            "body": base64.b64encode(body).decode() if body else None,
-            "body_size": size,
-        }
+        args["id"] = str(check_id)
         status, answer = await self.router.request(check_id, "ping", args)
-        if status == 200:
-            text(resp, 200, "OK" if req.method != "HEAD" else "")
-        elif status == 404:
-            text(resp, 404, "not found")
-        else:
-            resp.status = status
-            resp.media = answer
-            if status == 503:
-                resp.set_header("Retry-After", "2")
+        answer_ping(req, resp, status, answer)
+
+
+async def read_ping(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, suffix: str | None, settings: PingSettings
+) -> dict[str, Any] | None:
+    """Parse a ping's signal, run id and body into shard `ping` arguments (without `id`).
+
+    Answers the client and returns None when the URL or the run id is invalid.
+    """
+    parsed = parse_suffix(suffix)
+    if parsed is not None and parsed[1] is not None and parsed[1] > MAX_EXIT_STATUS:
+        text(resp, 400, "invalid url format")
+        return None
+    if parsed is None:
+        text(resp, 404, "not found")
+        return None
+    signal, exitstatus = parsed
+
+    rid = req.get_param("rid")
+    if rid is not None:
+        try:
+            rid = str(UUID(rid))
+        except ValueError:
+            text(resp, 400, "invalid uuid format")
+            return None
+
+    body, size = await _read_body(req, settings.body_limit)
+    return {
+        "signal": signal,
+        "exitstatus": exitstatus,
+        "rid": rid,
+        "method": req.method,
+        "scheme": req.scheme,
+        "remote_addr": client_address(req, settings.trusted_proxies),
+        "ua": req.user_agent or "",
+        "body": base64.b64encode(body).decode() if body else None,
+        "body_size": size,
+    }
+
+
+def answer_ping(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, status: int, answer: Any
+) -> None:
+    if status == 200:
+        text(resp, 200, "OK" if req.method != "HEAD" else "")
+    elif status == 404:
+        text(resp, 404, "not found")
+    else:
+        resp.status = status
+        resp.media = answer
+        if status == 503:
+            resp.set_header("Retry-After", "2")
+
+
+def client_address(
+    req: falcon.asgi.Request, trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+) -> str:
+    """Return the client's address, from X-Forwarded-For when a trusted proxy sent it.
+
+    The header is read only when the connecting peer is one of `trusted_proxies`. Its
+    entries are walked from the right, skipping trusted proxies, because a client can
+    write any entries of its own at the left; with one proxy and a client that sends no
+    header, this is the first entry.
+    """
+    peer = normalize_address(req.remote_addr or "")
+    forwarded = req.get_header("X-Forwarded-For")
+    if not forwarded or not _is_trusted(peer, trusted_proxies):
+        return peer
+    for entry in reversed(forwarded.split(",")):
+        address = normalize_address(entry)
+        if not address:
+            break
+        if not _is_trusted(address, trusted_proxies):
+            return address
+    return peer
+
+
+def normalize_address(value: str) -> str:
+    """Return `value` as a plain IP address, or "" when it is none.
+
+    Drops a port (`1.2.3.4:5678`, `[::1]:80`) and unwraps IPv4-mapped IPv6 addresses
+    (`::ffff:192.0.2.10` is `192.0.2.10`).
+    """
+    value = value.strip()
+    if value.startswith("["):
+        value = value[1:].split("]", 1)[0]
+    elif value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    try:
+        address = ip_address(value)
+    except ValueError:
+        return ""
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _is_trusted(address: str, trusted_proxies: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    if not address or not trusted_proxies:
+        return False
+    parsed = ip_address(address)
+    return any(parsed in network for network in trusted_proxies)
 
 
 def _common_headers(resp: falcon.asgi.Response, body_limit: int) -> None:

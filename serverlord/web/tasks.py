@@ -1,4 +1,9 @@
-"""The first management endpoints: create a check, send it a heartbeat, read its status."""
+"""The first management endpoints: create a check, send it a heartbeat, read its status.
+
+Creating, pausing and resuming need a read-write API key of the project. A heartbeat and
+a status read need none, because the check's UUID is itself the secret; without a key
+the status shows only the status, its times and the ping count, none of the settings.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,20 @@ from typing import Any
 import falcon
 import falcon.asgi
 
+from serverlord.web.auth import Authenticator
 from serverlord.web.shards import ShardRouter
 from serverlord.web.validation import parse_uuid, read_json_object, task_fields
+
+# What a status read without a key shows.
+KEYLESS_STATUS_FIELDS = (
+    "id",
+    "status",
+    "started",
+    "last_ping",
+    "next_ping",
+    "last_duration",
+    "n_pings",
+)
 
 
 def _answer(resp: falcon.asgi.Response, status: int, body: Any) -> None:
@@ -20,11 +37,16 @@ def _answer(resp: falcon.asgi.Response, status: int, body: Any) -> None:
 
 
 class TaskCollection:
-    def __init__(self, router: ShardRouter) -> None:
+    def __init__(self, router: ShardRouter, auth: Authenticator) -> None:
         self.router = router
+        self.auth = auth
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        fields = task_fields(await read_json_object(req))
+        body = await read_json_object(req)
+        access = await self.auth.require(req, body, write=True)
+        body.pop("api_key", None)
+        fields = task_fields(body)
+        fields["project_id"] = access.project_id
         check_id = uuid.uuid4()
         status, body = await self.router.request(
             check_id, "create", {"id": str(check_id), "fields": fields}
@@ -35,12 +57,23 @@ class TaskCollection:
 
 
 class TaskStatus:
-    def __init__(self, router: ShardRouter) -> None:
+    def __init__(self, router: ShardRouter, auth: Authenticator) -> None:
         self.router = router
+        self.auth = auth
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, id: str) -> None:
         check_id = parse_uuid(id, "id")
-        status, body = await self.router.request(check_id, "status", {"id": str(check_id)})
+        access = await self.auth.optional(req)
+        args: dict[str, Any] = {"id": str(check_id)}
+        if access is not None:
+            args["project_id"] = access.project_id
+        status, body = await self.router.request(check_id, "status", args)
+        if status == 404 and access is not None:
+            # The key belongs to another project: answer as without a key.
+            status, body = await self.router.request(check_id, "status", {"id": str(check_id)})
+            access = None
+        if status == 200 and access is None:
+            body = {name: body[name] for name in KEYLESS_STATUS_FIELDS if name in body}
         _answer(resp, status, body)
 
 
@@ -87,11 +120,14 @@ def _task_view(check: dict[str, Any], fields: dict[str, Any], prefix: str) -> di
 class TaskAction:
     """`POST /api/tasks/{id}/pause` and `/resume`."""
 
-    def __init__(self, router: ShardRouter, op: str) -> None:
+    def __init__(self, router: ShardRouter, op: str, auth: Authenticator) -> None:
         self.router = router
         self.op = op
+        self.auth = auth
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, id: str) -> None:
+        access = await self.auth.require(req, write=True)
         check_id = parse_uuid(id, "id")
-        status, body = await self.router.request(check_id, self.op, {"id": str(check_id)})
+        args = {"id": str(check_id), "project_id": access.project_id}
+        status, body = await self.router.request(check_id, self.op, args)
         _answer(resp, status, body)
