@@ -174,6 +174,14 @@ class Server:
         project: Project = self.extra["project"]
         return project
 
+    def api(
+        self, method: str, path: str, key: str | None = None, body: Any = None
+    ) -> Response:
+        """Call the management API; `body` other than str or bytes is sent as JSON."""
+        headers = {} if key is None else {"X-Api-Key": key}
+        data = body if body is None or isinstance(body, str | bytes) else json.dumps(body)
+        return request(method, f"{self.url}{path}", data, headers)
+
     def create_check(self, **fields: Any) -> dict[str, Any]:
         body = {"name": "job", "interval": "1h", "grace_period": "5m", **fields}
         headers = {"X-Api-Key": self.project.rw_key}
