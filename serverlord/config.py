@@ -230,8 +230,8 @@ def _redact(url: str) -> str:
 def _networks(env: Mapping[str, str], name: str) -> tuple[IPv4Network | IPv6Network, ...]:
     """Parse a comma-separated list of addresses or networks such as 10.0.0.0/8,::1."""
     networks = []
-    for item in env.get(name, "").split(","):
-        item = item.strip()
+    for raw in env.get(name, "").split(","):
+        item = raw.strip()
         if not item:
             continue
         try:

@@ -285,6 +285,9 @@ class Supervisor:
         if catalog_dsn is not None:
             # Web workers look up API and ping keys in the catalog.
             env["SERVERLORD_CATALOG_DSN"] = catalog_dsn
+        # uvicorn would otherwise take X-Forwarded-For from any local peer; the web
+        # workers read it themselves, from the proxies in TRUSTED_PROXIES only.
+        env["FORWARDED_ALLOW_IPS"] = ""
         command = [
             sys.executable,
             "-m",

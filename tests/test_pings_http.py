@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import conninfo
 
-from tests.server import Server, request
+from tests.conftest import create_database
+from tests.server import Server, request, running_server, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +144,78 @@ def test_pause_and_resume_over_http(server: Server) -> None:
     answer = request("POST", f"{server.url}/api/tasks/{check['id']}/resume", headers=headers)
     assert answer.status == 409
     assert answer.json() == {"error": "check is not paused"}
+
+
+@pytest.fixture(scope="module")
+def proxied_server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with a 10,000-byte body limit behind a trusted proxy on 127.0.0.1."""
+    catalog = create_database(pg_admin_dsn, "proxied")
+    runtime = Path(f"/tmp/sl-proxied-{os.getpid()}")
+    env = server_env(
+        catalog, runtime, shard_count=1, PING_BODY_LIMIT="10000", TRUSTED_PROXIES="127.0.0.1"
+    )
+    with running_server(env, tmp_path_factory.mktemp("proxied") / "server.log") as running:
+        running.extra["catalog"] = catalog
+        yield running
+
+
+def latest_ping(server: Server, check_id: str) -> dict[str, Any]:
+    answer = server.api("GET", f"/api/v3/checks/{check_id}/pings/", server.project.rw_key)
+    assert answer.status == 200
+    latest: dict[str, Any] = answer.json()["pings"][0]
+    return latest
+
+
+def test_body_cut_inside_character(proxied_server: Server) -> None:
+    server = proxied_server
+    check = server.create_check()
+    body = ("a" + "é" * 5000).encode()
+    answer = request("POST", check["ping_url"], body)
+    assert answer.status == 200
+    assert answer.headers["ping-body-limit"] == "10000"
+
+    with psycopg.connect(conninfo.make_conninfo(server.extra["catalog"], dbname=None)) as conn:
+        dbname = conn.info.dbname
+    shard = conninfo.make_conninfo(server.extra["catalog"], dbname=f"{dbname}_shard0")
+    with psycopg.connect(shard) as conn:
+        row = conn.execute(
+            "SELECT body, body_size FROM pings WHERE check_id = %s", (check["id"],)
+        ).fetchone()
+    assert row is not None
+    assert bytes(row[0]) == body[:10000]
+    assert row[1] == 10001
+
+    shown = server.api("GET", f"/api/v3/checks/{check['id']}/pings/1/body", server.project.rw_key)
+    assert shown.status == 200
+    assert shown.text == "a" + "é" * 4999 + "\ufffd"
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "stored"),
+    [
+        ("::ffff:192.0.2.10", "192.0.2.10"),
+        ("1.2.3.4:5678", "1.2.3.4"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+        ("198.51.100.7, 127.0.0.1", "198.51.100.7"),
+        ("not an address", "127.0.0.1"),
+    ],
+)
+def test_forwarded_address_from_trusted_proxy(
+    proxied_server: Server, forwarded: str, stored: str
+) -> None:
+    check = proxied_server.create_check()
+    answer = request("GET", check["ping_url"], headers={"X-Forwarded-For": forwarded})
+    assert answer.status == 200
+    assert latest_ping(proxied_server, check["id"])["remote_addr"] == stored
+
+
+def test_forwarded_header_ignored_without_trusted_proxy(server: Server) -> None:
+    check = server.create_check()
+    request("GET", check["ping_url"], headers={"X-Forwarded-For": "192.0.2.10"})
+    assert latest_ping(server, check["id"])["remote_addr"] == "127.0.0.1"
+
+
+def test_forwarded_scheme_from_trusted_proxy(proxied_server: Server) -> None:
+    check = proxied_server.create_check()
+    request("GET", check["ping_url"], headers={"X-Forwarded-Proto": "https"})
+    assert latest_ping(proxied_server, check["id"])["scheme"] == "https"

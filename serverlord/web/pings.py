@@ -144,7 +144,7 @@ async def read_ping(
         "exitstatus": exitstatus,
         "rid": rid,
         "method": req.method,
-        "scheme": req.scheme,
+        "scheme": client_scheme(req, settings.trusted_proxies),
         "remote_addr": client_address(req, settings.trusted_proxies),
         "ua": req.user_agent or "",
         "body": base64.b64encode(body).decode() if body else None,
@@ -187,6 +187,17 @@ def client_address(
         if not _is_trusted(address, trusted_proxies):
             return address
     return peer
+
+
+def client_scheme(
+    req: falcon.asgi.Request, trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+) -> str:
+    """Return the scheme the client used, from X-Forwarded-Proto when a trusted proxy sent it."""
+    forwarded = (req.get_header("X-Forwarded-Proto") or "").strip().lower()
+    peer = normalize_address(req.remote_addr or "")
+    if forwarded in ("http", "https") and _is_trusted(peer, trusted_proxies):
+        return forwarded
+    return req.scheme
 
 
 def normalize_address(value: str) -> str:
