@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import pytest
 
 from tests.server import Server, request
 
 
-def post_task(server: Server, body: bytes | str) -> tuple[int, dict[str, str]]:
+def post_task(server: Server, body: bytes | str) -> tuple[int, dict[str, Any]]:
     headers = {"X-Api-Key": server.project.rw_key}
     answer = request("POST", f"{server.url}/api/tasks", body, headers)
     return answer.status, answer.json()
