@@ -143,6 +143,9 @@ class Decision(NamedTuple):
 
 def decide(state: PolicyState | None, config: PolicyConfig, event: Event, now: float) -> Decision:
     """Apply one event at `now` and return the new state and the notifications to send."""
+    if state is None and event in ("success", "tick"):
+        # The common case, a ping to a healthy check, changes nothing and allocates nothing.
+        return Decision(None, [])
     current = PolicyState() if state is None else state.copy()
     kinds: list[NotificationKind] = []
 
