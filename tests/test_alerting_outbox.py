@@ -10,7 +10,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from serverlord.alerting.notifications import build_payload, notification_rows
-from serverlord.alerting.outbox import enqueue, finish, prune, ts
+from serverlord.alerting.outbox import cancel_pending, enqueue, finish, prune, ts
 from serverlord.clock import FakeClock
 from tests.receivers import ChannelBook, enqueue_event, open_pool
 
@@ -125,5 +125,33 @@ def test_finish_with_lost_claim_changes_nothing(shard_dsn: str) -> None:
 
             assert claim_held is False
             assert row == ("pending",)
+
+    asyncio.run(scenario())
+
+
+def test_cancel_pending_skips_unclaimed_rows(shard_dsn: str) -> None:
+    async def scenario() -> None:
+        book = ChannelBook()
+        channel = book.add("webhook", {"down": {"url": "https://example.com/"}, "up": None})
+        async with open_pool(shard_dsn) as pool:
+            held = await enqueue_event(pool, [channel], T0, kind="down")
+            sending = await enqueue_event(pool, [channel], T0, kind="reminder")
+            other = await enqueue_event(pool, [channel], T0, check_id=str(uuid.uuid4()))
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE notifications SET claim_token = %s WHERE id = %s",
+                    (uuid.uuid4(), sending[0].id),
+                )
+                async with conn.cursor() as cursor:
+                    cancelled = await cancel_pending(cursor, CHECK_ID, T0, "pinged again")
+                cursor = await conn.execute(
+                    "SELECT id, status FROM notifications ORDER BY kind, check_id"
+                )
+                statuses = {row[0]: row[1] for row in await cursor.fetchall()}
+
+            assert cancelled == 1
+            assert statuses[held[0].id] == "skipped"
+            assert statuses[sending[0].id] == "pending"
+            assert statuses[other[0].id] == "pending"
 
     asyncio.run(scenario())

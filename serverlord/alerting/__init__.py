@@ -6,6 +6,7 @@ Entry points for the shard process:
   notification kinds an event calls for, and when to call again with a `tick`.
 - `build_payload(...)` and `notification_rows(...)`: the rows for one event.
 - `enqueue(cursor, rows)` (outbox): insert them in the transaction of the flip.
+  `cancel_pending` and `delete_for_checks` drop them in a later transaction.
 - `Deliverer(pool, clock, channel_loader, ...)`: `run()`, `wake()`, `close()`.
 - `CatalogChannelLoader(catalog_pool, clock)`: the `channel_loader` for the catalog.
 - `validate_channel(kind, config)`: the API's check of a channel config.
@@ -27,7 +28,13 @@ from serverlord.alerting.notifications import (
     build_payload,
     notification_rows,
 )
-from serverlord.alerting.outbox import INSERT_SQL, delete_for_checks, enqueue, enqueue_params
+from serverlord.alerting.outbox import (
+    INSERT_SQL,
+    cancel_pending,
+    delete_for_checks,
+    enqueue,
+    enqueue_params,
+)
 from serverlord.alerting.policy import (
     DEFAULT_POLICY,
     Decision,
@@ -58,6 +65,7 @@ __all__ = [
     "PolicyState",
     "alert_settings_from_env",
     "build_payload",
+    "cancel_pending",
     "create_channel",
     "decide",
     "default_transports",

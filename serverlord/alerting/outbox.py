@@ -221,6 +221,23 @@ async def prune(conn: psycopg.AsyncConnection[Any], before: float) -> int:
     return cursor.rowcount
 
 
+async def cancel_pending(
+    cursor: psycopg.AsyncCursor[Any], check_id: str, now: float, reason: str
+) -> int:
+    """Mark the check's pending, unclaimed notifications skipped; return how many.
+
+    Runs inside the caller's transaction, e.g. to drop a down alert that was held for a
+    start-up quiet period when the check pings again. A notification already claimed
+    is being sent and is left alone.
+    """
+    await cursor.execute(
+        "UPDATE notifications SET status = 'skipped', finished = %s, last_error = %s"
+        " WHERE check_id = %s AND status = 'pending' AND claim_token IS NULL",
+        (ts(now), reason, check_id),
+    )
+    return cursor.rowcount
+
+
 async def delete_for_checks(cursor: psycopg.AsyncCursor[Any], check_ids: Sequence[str]) -> None:
     """Delete every notification of the given checks, inside the caller's transaction."""
     await cursor.execute(
