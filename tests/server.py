@@ -174,9 +174,7 @@ class Server:
         project: Project = self.extra["project"]
         return project
 
-    def api(
-        self, method: str, path: str, key: str | None = None, body: Any = None
-    ) -> Response:
+    def api(self, method: str, path: str, key: str | None = None, body: Any = None) -> Response:
         """Call the management API; `body` other than str or bytes is sent as JSON."""
         headers = {} if key is None else {"X-Api-Key": key}
         data = body if body is None or isinstance(body, str | bytes) else json.dumps(body)

@@ -1,8 +1,9 @@
-"""Drop-in use: healthchecks' documented shell lines and a PyPI client, with only the host changed.
+"""Drop-in use: healthchecks' documented shell lines and a PyPI client, changing only the host.
 
-The shell lines are the crontab and bash examples of the healthchecks documentation
-("Bash", "Measuring script run time", "Sending logs", "Exit status"), run by bash with
-the real curl against the test server.
+The shell lines take the forms of the "Shell Scripts" page of the healthchecks
+documentation (healthchecks.io/docs/bash/): `curl -fsS -m 10 --retry 5 -o /dev/null URL`,
+with `/start`, `/$?` and `--data-raw "$output"`. bash runs them with the real curl
+against the test server.
 """
 
 from __future__ import annotations

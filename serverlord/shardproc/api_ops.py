@@ -1,7 +1,7 @@
 """Shard operations of the management API, and the project checks on the existing ones.
 
 Every request that carries `project_id` acts only on checks of that project. A check of
-another project answers 404 exactly like a missing one, so a key of one project cannot
+another project gets 404 exactly like a missing one, so a key of one project cannot
 even confirm that another project's check exists.
 
 Slug pings find their check through `slug_index`, a dict (project_id, slug) -> check ids
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 STALE_ROUTE: Response = (421, {"error": "stale route"})
 
-# Upper bounds on one answer, so that a frame stays far below protocol.MAX_FRAME.
+# Upper bounds on one response, so that a frame stays far below protocol.MAX_FRAME.
 MAX_PAGE = 2000
 MAX_FLIPS = 10_000
 MAX_PINGS = 1000
@@ -104,7 +104,7 @@ class ApiOps:
         """Wrap `handler` so it refuses another project's checks.
 
         With `viewed`, a request that sets `view` gets the check as the management API
-        shows it instead of the handler's answer.
+        shows it instead of the handler's response.
         """
 
         async def guarded(args: dict[str, Any]) -> Response:
@@ -195,9 +195,9 @@ class ApiOps:
     async def list_checks(self, args: dict[str, Any]) -> Response:
         """Return one page of a project's checks, optionally filtered.
 
-        Args: `project_id`; `tags` (every one must be among the check's tags); `slug`;
-        `match` (field values that must all be equal, for `unique` upserts); `after` (the
-        last id of the previous page). The answer's `after` is None on the last page.
+        Args are `project_id`, `tags` (every one must be among the check's tags), `slug`,
+        `match` (field values that must all be equal, for `unique` upserts) and `after`
+        (the last id of the previous page). The response's `after` is None on the last page.
         """
         project_id: int = args["project_id"]
         limit = min(int(args.get("limit", MAX_PAGE)), MAX_PAGE)

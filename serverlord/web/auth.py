@@ -4,10 +4,10 @@ Each web worker keeps a small connection pool to the catalog and remembers each 
 found or not, for `ttl` seconds (AUTH_CACHE_TTL, 5 by default). A revoked key therefore
 keeps working for up to that long in a worker that saw it just before.
 
-Error bodies are healthchecks': 401 `{"error": "missing api key"}` when no key came with
-the request, and 401 `{"error": "wrong api key"}` when the key is unknown, revoked, or
-of a kind that may not do what was asked (a read-only key on a write, a ping key on any
-management call).
+Error bodies are healthchecks'. A request without a key gets 401
+`{"error": "missing api key"}`. A key that is unknown, revoked, or of a kind that may not
+make the request (a read-only key on a write, a ping key on any management call) gets
+401 `{"error": "wrong api key"}`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # Entries a worker keeps per cache before it drops the expired ones.
 MAX_CACHED = 10_000
 POOL_SIZE = 4
-# Seconds a request waits for a catalog connection before it answers 503.
+# Seconds a request waits for a catalog connection before it fails with 503.
 CATALOG_TIMEOUT = 5.0
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """Status badges: SVG images and JSON for a project's tags and for single checks.
 
-Badge URLs need no API key, so they can go into a README. A tag badge URL holds the
+Badge URLs need no API key, so they can go into a README. A tag badge URL contains the
 project's public badge key and a signature of the tag made with the project's private
 badge secret: a viewer of one badge cannot forge the URL of another tag's badge.
 

@@ -111,7 +111,7 @@ class PingResource:
             return
         args["id"] = str(check_id)
         status, answer = await self.router.request(check_id, "ping", args)
-        answer_ping(req, resp, status, answer)
+        respond_to_ping(req, resp, status, answer)
 
 
 async def read_ping(
@@ -119,7 +119,7 @@ async def read_ping(
 ) -> dict[str, Any] | None:
     """Parse a ping's signal, run id and body into shard `ping` arguments (without `id`).
 
-    Answers the client and returns None when the URL or the run id is invalid.
+    Sends the error response and returns None when the URL or the run id is invalid.
     """
     parsed = parse_suffix(suffix)
     if parsed is not None and parsed[1] is not None and parsed[1] > MAX_EXIT_STATUS:
@@ -152,8 +152,8 @@ async def read_ping(
     }
 
 
-def answer_ping(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, status: int, answer: Any
+def respond_to_ping(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, status: int, body: Any
 ) -> None:
     if status == 200:
         text(resp, 200, "OK" if req.method != "HEAD" else "")
@@ -161,7 +161,7 @@ def answer_ping(
         text(resp, 404, "not found")
     else:
         resp.status = status
-        resp.media = answer
+        resp.media = body
         if status == 503:
             resp.set_header("Retry-After", "2")
 
@@ -173,7 +173,7 @@ def client_address(
 
     The header is read only when the connecting peer is one of `trusted_proxies`. Its
     entries are walked from the right, skipping trusted proxies, because a client can
-    write any entries of its own at the left; with one proxy and a client that sends no
+    write any entries of its own at the left. With one proxy and a client that sends no
     header, this is the first entry.
     """
     peer = normalize_address(req.remote_addr or "")
@@ -201,7 +201,7 @@ def client_scheme(
 
 
 def normalize_address(value: str) -> str:
-    """Return `value` as a plain IP address, or "" when it is none.
+    """Return `value` as a plain IP address, or "" when `value` is not an IP address.
 
     Drops a port (`1.2.3.4:5678`, `[::1]:80`) and unwraps IPv4-mapped IPv6 addresses
     (`::ffff:192.0.2.10` is `192.0.2.10`).

@@ -1,7 +1,7 @@
 """The first management endpoints: create a check, send it a heartbeat, read its status.
 
 Creating, pausing and resuming need a read-write API key of the project. A heartbeat and
-a status read need none, because the check's UUID is itself the secret; without a key
+a status read need none, because the check's UUID is itself the secret. Without a key,
 the status shows only the status, its times and the ping count, none of the settings.
 """
 
@@ -17,7 +17,7 @@ from serverlord.web.auth import Authenticator
 from serverlord.web.shards import ShardRouter
 from serverlord.web.validation import parse_uuid, read_json_object, task_fields
 
-# What a status read without a key shows.
+# Fields of a status response to a request without a key.
 KEYLESS_STATUS_FIELDS = (
     "id",
     "status",
@@ -69,7 +69,7 @@ class TaskStatus:
             args["project_id"] = access.project_id
         status, body = await self.router.request(check_id, "status", args)
         if status == 404 and access is not None:
-            # The key belongs to another project: answer as without a key.
+            # The key belongs to another project, so respond as to a request without one.
             status, body = await self.router.request(check_id, "status", {"id": str(check_id)})
             access = None
         if status == 200 and access is None:

@@ -28,7 +28,7 @@ CORS_PREFIXES = ("/api/", "/badge/", "/b/")
 class Cors:
     """Lets browser code call the API from any origin, as healthchecks does.
 
-    Every API answer, errors included, carries `Access-Control-Allow-Origin: *`, and a
+    Every API response, errors included, carries `Access-Control-Allow-Origin: *`, and a
     preflight OPTIONS request gets 204 with the methods and headers the API accepts.
     """
 

@@ -1,7 +1,7 @@
 """The checks endpoints of the management API: list, create, read, update, delete, pause,
 resume, pings, ping bodies and flips.
 
-Every shard request carries the key's `project_id`, and the shard answers 404 for a
+Every shard request carries the key's `project_id`, and the shard returns 404 for a
 check of another project exactly as for a missing one. Healthchecks answers 403 there;
 Server Lord does not, so that a key cannot even confirm that another project's check
 exists.
@@ -31,7 +31,7 @@ UNIQUE_KEY_LENGTH = 40
 
 @dataclass(frozen=True)
 class ApiContext:
-    """What every API resource needs; one per web worker."""
+    """Dependencies of every API resource; one per web worker."""
 
     router: ShardRouter
     auth: Authenticator
@@ -85,7 +85,7 @@ def _answer(resp: falcon.asgi.Response, status: int, body: Any) -> None:
 
 
 def _shard_error(status: int, body: Any, router: ShardRouter, check_id: uuid.UUID) -> None:
-    """Turn a shard's error answer into the HTTP error the API gives."""
+    """Raise the HTTP error that matches a shard's error response."""
     message = body.get("error", "") if isinstance(body, dict) else ""
     if status == 404:
         raise not_found()
@@ -108,7 +108,7 @@ class ApiResource:
         return Urls(req.prefix, version_of(req), badge_key)
 
     async def request_check(self, check_id: uuid.UUID, op: str, access: Access, **args: Any) -> Any:
-        """Send `op` for one check of the key's project; return the body of a 2xx answer."""
+        """Send `op` for one check of the key's project; return the body of a 2xx response."""
         status, body = await self.router.request(
             check_id, op, {"id": str(check_id), "project_id": access.project_id, **args}
         )
@@ -300,7 +300,7 @@ class CheckFlips(ApiResource):
 
 
 def _flip_window(req: falcon.asgi.Request) -> dict[str, float]:
-    """Return the `start` and `end` epoch bounds that the query asks for."""
+    """Return the `start` and `end` epoch bounds of the query."""
     window: dict[str, float] = {}
     for name in ("seconds", "start", "end"):
         raw = req.get_param(name)

@@ -19,8 +19,8 @@ async def project_checks(
 ) -> list[dict[str, Any]]:
     """Return every check of the project that passes `filters`, oldest first.
 
-    Each shard answers in pages, so that no answer outgrows a frame, and all shards are
-    asked in parallel. `filters` are the `list` operation's: tags, slug and match.
+    Each shard responds in pages, so that no response outgrows a frame, and all shards
+    are queried in parallel. `filters` are the `list` operation's: tags, slug and match.
     """
 
     async def from_shard(shard: int) -> list[dict[str, Any]]:
@@ -42,9 +42,9 @@ async def project_checks(
 
 
 async def find_on_shards(router: ShardRouter, op: str, args: dict[str, Any]) -> list[Any]:
-    """Send `op` to every shard and return the bodies of the 200 answers.
+    """Send `op` to every shard and return the bodies of the 200 responses.
 
-    404 answers are skipped; any other answer raises ShardUnavailable.
+    404 responses are skipped, and any other status raises ShardUnavailable.
     """
 
     async def ask(shard: int) -> Any:

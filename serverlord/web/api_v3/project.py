@@ -26,7 +26,7 @@ class Channels:
 
 
 class Status:
-    """`GET /api/v3/status/`: `OK` when the catalog and every shard answer, with no key."""
+    """`GET /api/v3/status/`: `OK` when the catalog and every shard respond; no key needed."""
 
     def __init__(self, context: ApiContext) -> None:
         self.context = context

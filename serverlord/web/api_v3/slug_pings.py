@@ -2,7 +2,7 @@
 
 The ping key names the project (looked up in the catalog, cached), and the slug a check
 of that project. A check's shard follows from its UUID, not its slug, so on a cache miss
-the worker asks every shard in parallel, then remembers (project, slug) -> check ids for
+the worker queries every shard in parallel, then remembers (project, slug) -> check ids for
 ROUTE_TTL seconds. The ping carries the project and slug it expects, and the shard
 answers 421 when the check no longer has them (renamed, deleted, moved to another
 slug), so a stale route costs one more lookup, never a ping on the wrong check.
@@ -26,13 +26,13 @@ import falcon.asgi
 from serverlord.web.api_v3 import fanout
 from serverlord.web.api_v3.spec import CREATE_DEFAULTS
 from serverlord.web.auth import Authenticator, Catalog, TtlCache
-from serverlord.web.pings import PingSettings, answer_ping, read_ping, text
+from serverlord.web.pings import PingSettings, read_ping, respond_to_ping, text
 from serverlord.web.shards import ShardRouter, ShardUnavailable
 
 log = logging.getLogger(__name__)
 
-# Seconds a worker trusts a (project, slug) -> check ids lookup. The shard's 421 answer
-# corrects a stale one at once, so this bounds only how often a worker asks all shards.
+# Seconds a worker trusts a (project, slug) -> check ids lookup. The shard's 421 response
+# corrects a stale one at once, so this only bounds how often a worker queries all shards.
 ROUTE_TTL = 30.0
 SLUG_RE = re.compile(r"[a-z0-9_-]+")
 MAX_SLUG = 100
@@ -95,7 +95,7 @@ class SlugPings:
         if status == 200 and created:
             text(resp, 201, "Created" if req.method != "HEAD" else "")
             return
-        answer_ping(req, resp, status, answer)
+        respond_to_ping(req, resp, status, answer)
 
     async def send(
         self, check_id: str, project_id: int, slug: str, args: dict[str, Any]

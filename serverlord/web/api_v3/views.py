@@ -1,7 +1,7 @@
 """JSON shapes of the management API, as healthchecks gives them.
 
-The shard processes answer with epoch seconds and plain values; these functions turn
-them into healthchecks' objects: ISO 8601 times in UTC with a `+00:00` offset, whole
+The shard processes return epoch seconds and plain values. These functions turn them
+into healthchecks' objects: ISO 8601 times in UTC with a `+00:00` offset, whole
 seconds for checks and flips, microseconds for pings.
 """
 
@@ -47,7 +47,7 @@ class Urls:
 
 
 def check_view(check: dict[str, Any], access: Access, urls: Urls) -> dict[str, Any]:
-    """Return a check as healthchecks shows it; a read-only key sees no UUID or URLs."""
+    """Return a check as healthchecks shows it; a read-only key gets no UUID or URLs."""
     view: dict[str, Any] = {
         "name": check["name"],
         "slug": check["slug"],
