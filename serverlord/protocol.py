@@ -49,7 +49,10 @@ class FrameDecoder:
             end = offset + HEADER.size + length
             if len(buffer) < end:
                 break
-            message = orjson.loads(memoryview(buffer)[offset + HEADER.size : end])
+            try:
+                message = orjson.loads(memoryview(buffer)[offset + HEADER.size : end])
+            except orjson.JSONDecodeError as exc:
+                raise ProtocolError(f"a frame is not valid JSON: {exc}") from None
             if not isinstance(message, list) or len(message) != 3:
                 raise ProtocolError("a frame must hold a list of three items")
             messages.append(message)
