@@ -219,3 +219,21 @@ def test_forwarded_scheme_from_trusted_proxy(proxied_server: Server) -> None:
     check = proxied_server.create_check()
     request("GET", check["ping_url"], headers={"X-Forwarded-Proto": "https"})
     assert latest_ping(proxied_server, check["id"])["scheme"] == "https"
+
+
+def test_post_only_check_ignores_get(server: Server) -> None:
+    key = server.project.rw_key
+    body = {"name": "post only", "methods": "POST", "timeout": 3600}
+    created = server.api("POST", "/api/v3/checks/", key, body).json()
+
+    answer = request("GET", created["ping_url"])
+    assert answer.status == 200
+    check = server.api("GET", f"/api/v3/checks/{created['uuid']}", key).json()
+    assert check["status"] == "new"
+    assert check["n_pings"] == 1
+    assert latest_ping(server, created["uuid"])["type"] == "ign"
+
+    assert request("POST", created["ping_url"]).status == 200
+    check = server.api("GET", f"/api/v3/checks/{created['uuid']}", key).json()
+    assert check["status"] == "up"
+    assert latest_ping(server, created["uuid"])["type"] == "success"

@@ -152,6 +152,8 @@ class ApiOps:
         check = self._owned(args)
         if check is None:
             return NOT_FOUND
+        if not args["fields"]:
+            return (200, await self._view_one(check))
         old_key = self._key_of(check)
         fields = dict(args["fields"])
         if "channels" in fields:
