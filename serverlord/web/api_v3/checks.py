@@ -151,6 +151,19 @@ class ApiResource:
                 chosen.append(matches[0]["id"])
         return chosen
 
+    async def update(
+        self, check_id: uuid.UUID, spec: CheckSpec, channels: list[str] | None, access: Access
+    ) -> dict[str, Any]:
+        """Apply the fields of `spec` to a check and return the check as it is now."""
+        fields = dict(spec.fields)
+        if channels is not None:
+            fields["channels"] = channels
+        if not fields:
+            result: dict[str, Any] = await self.request_check(check_id, "view", access)
+            return result
+        result = await self.request_check(check_id, "update", access, fields=fields)
+        return result
+
 
 class ChecksCollection(ApiResource):
     """`GET /api/v3/checks/` lists, `POST` creates or, with `unique`, upserts."""
@@ -190,31 +203,17 @@ class ChecksCollection(ApiResource):
         created = await self.request_check(check_id, "view", access)
         _answer(resp, 201, check_view(created, access, urls))
 
-    async def update(
-        self, check_id: uuid.UUID, spec: CheckSpec, channels: list[str] | None, access: Access
-    ) -> dict[str, Any]:
-        fields = dict(spec.fields)
-        if channels is not None:
-            fields["channels"] = channels
-        if not fields:
-            result: dict[str, Any] = await self.request_check(check_id, "view", access)
-            return result
-        result = await self.request_check(check_id, "update", access, fields=fields)
-        return result
 
-
-class CheckResource(ChecksCollection):
+class CheckResource(ApiResource):
     """`/api/v3/checks/<uuid>`: GET reads (also by unique key), POST updates, DELETE deletes."""
 
-    async def on_get(  # type: ignore[override]
-        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, code: str
-    ) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, code: str) -> None:
         access = await self.auth.require(req)
         check_id = await self.resolve(code, access)
         check = await self.request_check(check_id, "view", access)
         _answer(resp, 200, check_view(check, access, await self.urls(req, access)))
 
-    async def on_post(  # type: ignore[override]
+    async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, code: str
     ) -> None:
         body = await read_body(req) or {}
