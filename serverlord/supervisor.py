@@ -89,6 +89,7 @@ class Supervisor:
     shards: list[ShardChild] = field(default_factory=list)
     gunicorn: subprocess.Popen[bytes] | None = None
     signals: deque[int] = field(default_factory=deque)
+    catalog_dsn: str | None = None
     stopping: bool = False
 
     # -- running -----------------------------------------------------------------------
@@ -105,6 +106,7 @@ class Supervisor:
         status = 0
         try:
             catalog_dsn = self.prepare_databases()
+            self.catalog_dsn = catalog_dsn
             self.spawn_shards(catalog_dsn)
             self.spawn_gunicorn(catalog_dsn)
             log.info(
@@ -207,8 +209,6 @@ class Supervisor:
             "serverlord.shardproc",
             "--shard",
             str(child.shard),
-            "--dsn",
-            child.dsn,
             "--socket",
             str(child.socket_path),
             "--pool-size",
@@ -224,7 +224,12 @@ class Supervisor:
             command += ["--quiet-period", str(settings.startup_quiet_period)]
         # A process group of its own keeps a terminal's Ctrl-C away from the child, so
         # shutdown follows the supervisor's order instead of hitting every process at once.
-        child.process = subprocess.Popen(command, preexec_fn=_die_with_parent, process_group=0)
+        env = {**os.environ, "SERVERLORD_SHARD_DSN": child.dsn}
+        if self.catalog_dsn is not None:
+            env["SERVERLORD_CATALOG_DSN"] = self.catalog_dsn
+        child.process = subprocess.Popen(
+            command, env=env, preexec_fn=_die_with_parent, process_group=0
+        )
         child.started_at = time.monotonic()
         child.respawn_at = None
         log.info("spawned shard %d as pid %d", child.shard, child.process.pid)

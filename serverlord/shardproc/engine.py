@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 MAX_SLEEP = 1.0
 
 TimeoutHandler = Callable[[Check, float], None]
+TimerHandler = Callable[[Check, str, float], None]
 
 
 class DeadlineEngine:
@@ -33,10 +34,12 @@ class DeadlineEngine:
         lookup: Callable[[str], Check | None],
         on_timeout: TimeoutHandler,
         tick: float = 0.005,
+        on_timer: TimerHandler | None = None,
     ) -> None:
         self._clock = clock
         self._lookup = lookup
         self._on_timeout = on_timeout
+        self._on_timer = on_timer
         self._wheel: TimerWheel[str] = TimerWheel(clock.time(), tick=tick)
         self._kick = asyncio.Event()
         self._sleep_until: float | None = None
@@ -58,15 +61,30 @@ class DeadlineEngine:
     def forget(self, check_id: str) -> None:
         self._wheel.cancel(check_id)
 
+    def set_timer(self, check_id: str, suffix: str, when: float | None) -> None:
+        """Arm or cancel a secondary timer of a check, such as its late notice."""
+        key = check_id + suffix
+        if when is None:
+            self._wheel.cancel(key)
+            return
+        self._wheel.schedule(key, when)
+        if self._sleep_until is None or when < self._sleep_until:
+            self._kick.set()
+
     def deadline_of(self, check_id: str) -> float | None:
         return self._wheel.deadline_of(check_id)
 
     def fire_due(self, now: float) -> int:
         """Flip every check whose deadline is at or before `now`; return how many."""
         fired = 0
-        for check_id, _when in self._wheel.expire(now):
+        for key, when in self._wheel.expire(now):
+            check_id, hash_sign, suffix = key.partition("#")
             check = self._lookup(check_id)
             if check is None:
+                continue
+            if hash_sign:
+                if self._on_timer is not None:
+                    self._on_timer(check, hash_sign + suffix, when)
                 continue
             # The wheel entry is only a reminder; the check itself decides. A deadline that
             # moved without a re-arm would otherwise flip a healthy check.

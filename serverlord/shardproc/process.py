@@ -23,6 +23,9 @@ import psycopg
 import uvloop
 from psycopg_pool import AsyncConnectionPool
 
+from serverlord.alerting.channels import CatalogChannelLoader
+from serverlord.alerting.deliverer import Deliverer
+from serverlord.alerting.settings import alert_settings_from_env
 from serverlord.clock import SystemClock
 from serverlord.config import from_env
 from serverlord.logs import setup_logging
@@ -54,7 +57,13 @@ class ShardLocked(Exception):
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="serverlord-shard", description="Run one shard.")
     parser.add_argument("--shard", type=int, required=True, help="shard number")
-    parser.add_argument("--dsn", required=True, help="PostgreSQL DSN of the shard database")
+    # DSNs come from the environment by default: a password on the command line would be
+    # visible to every local user in the process list.
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("SERVERLORD_SHARD_DSN"),
+        help="PostgreSQL DSN of the shard database (default: $SERVERLORD_SHARD_DSN)",
+    )
     parser.add_argument("--socket", type=Path, required=True, help="Unix socket path")
     parser.add_argument("--pool-size", type=int, default=4, help="database connections")
     parser.add_argument(
@@ -70,8 +79,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="seconds to hold alerts for deadlines missed while stopped (default: grace)",
     )
+    parser.add_argument(
+        "--catalog-dsn",
+        default=os.environ.get("SERVERLORD_CATALOG_DSN"),
+        help="catalog database DSN, for alert channels (default: $SERVERLORD_CATALOG_DSN)",
+    )
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.dsn:
+        parser.error("the shard DSN is missing: set SERVERLORD_SHARD_DSN or pass --dsn")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,6 +144,8 @@ class ShardProcess:
         settings = from_env()
         retention = Retention(service, settings.ping_retention, settings.flip_retention_days)
 
+        deliverer, catalog_pool = await self._start_deliverer(service)
+
         server = SocketServer(self.args.socket, service.handle, self.shard)
         tasks = [
             asyncio.create_task(service.writer.run(), name="writer"),
@@ -137,11 +156,19 @@ class ShardProcess:
             asyncio.create_task(self._watch_ownership(service), name="owner-watch"),
             asyncio.create_task(retention.run(), name="retention"),
         ]
+        if deliverer is not None:
+            tasks.append(asyncio.create_task(deliverer.run(), name="deliverer"))
         await server.start()
         log.info("shard %d ready with %d checks", self.shard, len(service.checks))
 
         await self._stop.wait()
+        if deliverer is not None:
+            # Sends under way get a moment to finish; the rest stay in the outbox and are
+            # sent after the next start.
+            await deliverer.close(grace=2.0)
         await self._shutdown(server, service, pool, tasks)
+        if catalog_pool is not None:
+            await catalog_pool.close()
 
     async def _shutdown(
         self,
@@ -173,6 +200,29 @@ class ShardProcess:
         if self._lock_conn is not None:
             await self._lock_conn.close()
         log.info("shard %d stopped", self.shard)
+
+    async def _start_deliverer(
+        self, service: ShardService
+    ) -> tuple[Deliverer | None, AsyncConnectionPool[Any] | None]:
+        """Create the shard's alert deliverer; None without a catalog to read channels from."""
+        if self.args.catalog_dsn is None:
+            log.warning("shard %d has no catalog DSN: alerts are stored but not sent", self.shard)
+            return None, None
+        catalog_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self.args.catalog_dsn, min_size=1, max_size=2, open=False, name=f"catalog{self.shard}"
+        )
+        await catalog_pool.open(wait=True, timeout=self.args.boot_timeout)
+        clock = SystemClock()
+        deliverer = Deliverer(
+            service.pool,
+            clock,
+            CatalogChannelLoader(catalog_pool, clock),
+            settings=alert_settings_from_env(),
+            db_semaphore=service.semaphore,
+            shard=self.shard,
+        )
+        service.writer.on_alerts_committed = deliverer.wake
+        return deliverer, catalog_pool
 
     async def _acquire_lock(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.args.boot_timeout

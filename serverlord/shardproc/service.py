@@ -22,6 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from serverlord.clock import Clock
 from serverlord.schedules import ScheduleError
+from serverlord.shardproc import alerts
+from serverlord.shardproc.alerts import TIMER_SUFFIXES
 from serverlord.shardproc.checks import Check, Signal, apply_ping, check_from_row, schedule_for
 from serverlord.shardproc.engine import DeadlineEngine
 from serverlord.shardproc.writer import (
@@ -36,6 +38,8 @@ from serverlord.shardproc.writer import (
 log = logging.getLogger(__name__)
 
 Response = tuple[int, Any]
+# Per-check alert policy columns that create and update accept.
+POLICY_FIELDS = ("alert_after", "recover_after", "reminder_s", "late_notice")
 OpHandler = Callable[[dict[str, Any]], Awaitable[Response]]
 
 NOT_FOUND: Response = (404, {"error": "not found"})
@@ -65,7 +69,10 @@ class ShardService:
         self.stale: set[str] = set()
         self.semaphore = asyncio.BoundedSemaphore(db_concurrency)
         self.writer = Writer(pool, self.semaphore, self.checks.get, self._mark_stale, owner_token)
-        self.engine = DeadlineEngine(clock, self.checks.get, self._on_timeout)
+        self.engine = DeadlineEngine(
+            clock, self.checks.get, self._on_timeout, on_timer=self._on_alert_timer
+        )
+        self.alerts = alerts.AlertKeeper()
         self._reload_wakeup = asyncio.Event()
         # Deadlines before this instant passed while the shard process was not running.
         self.booted_at = clock.time()
@@ -93,8 +100,10 @@ class ShardService:
                 for row in rows:
                     check = check_from_row(row)
                     if check is not None:
+                        alerts.set_config(check, alerts.policy_config(row))
+                        alerts.restore(check, self.booted_at)
                         self.checks[check.id] = check
-                        self.engine.rearm(check)
+                        self.rearm(check)
         log.info(
             "shard %d loaded %d checks in %.2f s",
             self.shard,
@@ -102,6 +111,18 @@ class ShardService:
             time.monotonic() - started,
         )
         return len(self.checks)
+
+    def rearm(self, check: Check) -> None:
+        """Arm the check's deadline and its alert policy timers for its current state."""
+        self.engine.rearm(check)
+        for suffix, when in self.alerts.timers(check).items():
+            self.engine.set_timer(check.id, suffix, when)
+
+    def forget(self, check_id: str) -> None:
+        self.engine.forget(check_id)
+        for suffix in TIMER_SUFFIXES:
+            self.engine.set_timer(check_id, suffix, None)
+        self.alerts.held.pop(check_id, None)
 
     def _mark_stale(self, check_ids: set[str]) -> None:
         self.stale |= check_ids
@@ -125,12 +146,14 @@ class ShardService:
             delay = 0.1
             for check_id in ids:
                 self.checks.pop(check_id, None)
-                self.engine.forget(check_id)
+                self.forget(check_id)
                 row = rows.get(check_id)
                 check = None if row is None else check_from_row(row)
-                if check is not None:
+                if check is not None and row is not None:
+                    alerts.set_config(check, alerts.policy_config(row))
+                    alerts.restore(check, self.clock.time())
                     self.checks[check_id] = check
-                    self.engine.rearm(check)
+                    self.rearm(check)
                 self.stale.discard(check_id)
             log.info("shard %d reloaded %d checks after a failed commit", self.shard, len(ids))
             if not self.stale:
@@ -200,15 +223,20 @@ class ShardService:
         flip = None
         if outcome.flipped:
             flip = FlipRow(check_id, now, outcome.old_status, outcome.new_status, outcome.signal)
-        self.engine.rearm(check)
-        await self.writer.ping(row, flip)
+        events: list[alerts.AlertEvent] = []
+        cancel_held = False
+        if outcome.signal in ("success", "fail"):
+            events, cancel_held = self.alerts.on_result(
+                check, outcome.signal == "success", now, outcome.signal, body, exitstatus
+            )
+        self.rearm(check)
+        await self.writer.ping(row, flip, alerts=events, cancel_held=cancel_held)
         return (200, {"n": outcome.n, "signal": outcome.signal, "late_start": outcome.late_start})
 
     def _on_timeout(self, check: Check, deadline: float) -> None:
         old_status = check.status
         reason = check.reason_for_timeout()
         check.status = "down"
-        self.engine.forget(check.id)
         hold_until = None
         if deadline < self.booted_at:
             # The deadline passed while this shard was not running: keep the true time in
@@ -216,9 +244,17 @@ class ShardService:
             quiet = check.grace if self.quiet_period is None else self.quiet_period
             hold_until = self.booted_at + quiet
         flip = FlipRow(check.id, deadline, old_status, "down", reason, hold_until)
-        waiter = self.writer.flip(flip)
+        events = self.alerts.on_miss(check, deadline, reason, hold_until)
+        self.rearm(check)
+        waiter = self.writer.flip(flip, events)
         waiter.add_done_callback(_log_flip_failure)
         log.info("check %s went down at its deadline %.3f (%s)", check.id, deadline, reason)
+
+    def _on_alert_timer(self, check: Check, suffix: str, when: float) -> None:
+        events = self.alerts.on_timer(check, suffix, when)
+        self.rearm(check)
+        if events:
+            self.writer.alert(events).add_done_callback(_log_flip_failure)
 
     # -- checks ------------------------------------------------------------------------
 
@@ -250,8 +286,15 @@ class ShardService:
             manual_resume=fields["manual_resume"],
             methods_post=fields["methods"] == "POST",
         )
+        policy_fields = {name: fields.pop(name) for name in POLICY_FIELDS if name in fields}
+        if policy_fields:
+            alerts.set_config(check, alerts.policy_config(policy_fields))
         self.checks[check_id] = check
-        await self.writer.create(check_id, fields)
+        self.rearm(check)
+        waiter = self.writer.create(check_id, fields)
+        if policy_fields:
+            waiter = self.writer.update_fields(check_id, policy_fields)
+        await waiter
         return (201, self.describe(check))
 
     async def update(self, args: dict[str, Any]) -> Response:
@@ -286,9 +329,19 @@ class ShardService:
             check.manual_resume = bool(fields["manual_resume"])
         if "slug" in fields:
             check.slug = fields["slug"]
+        if any(name in fields for name in POLICY_FIELDS):
+            current = alerts.config_of(check)
+            merged = {
+                "alert_after": current.alert_after,
+                "recover_after": current.recover_after,
+                "reminder_s": current.reminder_every,
+                "late_notice": current.late_notice,
+                **{name: fields[name] for name in POLICY_FIELDS if name in fields},
+            }
+            alerts.set_config(check, alerts.policy_config(merged))
         if "methods" in fields:
             check.methods_post = fields["methods"] == "POST"
-        self.engine.rearm(check)
+        self.rearm(check)
         await self.writer.update_fields(check.id, fields)
         return (200, self.describe(check))
 
@@ -299,7 +352,7 @@ class ShardService:
         self.writer.check_capacity()
         described = self.describe(check)
         del self.checks[check.id]
-        self.engine.forget(check.id)
+        self.forget(check.id)
         await self.writer.delete(check.id)
         return (200, described)
 
@@ -315,7 +368,9 @@ class ShardService:
         check.status = "paused"
         check.last_start = None
         check.last_start_rid = None
-        self.engine.rearm(check)
+        alerts.reset(check)
+        self.alerts.held.pop(check.id, None)
+        self.rearm(check)
         await self.writer.flip(FlipRow(check.id, self.clock.time(), old_status, "paused", "pause"))
         return (200, self.describe(check))
 
@@ -328,10 +383,11 @@ class ShardService:
             return (409, {"error": "check is not paused"})
         self.writer.check_capacity()
         check.status = "new"
+        alerts.reset(check)
         check.last_ping = None
         check.last_start = None
         check.last_start_rid = None
-        self.engine.rearm(check)
+        self.rearm(check)
         await self.writer.flip(FlipRow(check.id, self.clock.time(), "paused", "new", "resume"))
         return (200, self.describe(check))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,9 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from serverlord.alerting.notifications import BODY_EXCERPT_LIMIT, iso_time
+from serverlord.alerting.outbox import cancel_pending, delete_for_checks
+from serverlord.shardproc.alerts import AlertEvent
 from serverlord.shardproc.checks import Check
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,8 @@ class Batch:
     flips: list[FlipRow] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     deleted: set[str] = field(default_factory=set)
+    alerts: list[AlertEvent] = field(default_factory=list)
+    cancel_held: set[str] = field(default_factory=set)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -106,6 +112,8 @@ class Writer:
         self._max_pending = max_pending
         self._owner_token = owner_token
         self.ownership_lost = asyncio.Event()
+        # Called after a commit that inserted notifications, to wake the deliverer.
+        self.on_alerts_committed: Callable[[], None] | None = None
         self._batch = Batch()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -132,20 +140,36 @@ class Writer:
             raise WriterOverloaded(f"{len(self._batch)} changes already wait for a commit")
 
     def ping(
-        self, row: PingRow, flip: FlipRow | None, touched: bool = True
+        self,
+        row: PingRow,
+        flip: FlipRow | None,
+        touched: bool = True,
+        alerts: list[AlertEvent] | None = None,
+        cancel_held: bool = False,
     ) -> asyncio.Future[None]:
         waiter = self._enqueue()
         self._batch.pings.append(row)
         if flip is not None:
             self._batch.flips.append(flip)
+        if alerts:
+            self._batch.alerts += alerts
+        if cancel_held:
+            self._batch.cancel_held.add(row.check_id)
         if touched:
             self._batch.touched.add(row.check_id)
         return waiter
 
-    def flip(self, flip: FlipRow) -> asyncio.Future[None]:
+    def flip(self, flip: FlipRow, alerts: list[AlertEvent] | None = None) -> asyncio.Future[None]:
         waiter = self._enqueue()
         self._batch.flips.append(flip)
         self._batch.touched.add(flip.check_id)
+        if alerts:
+            self._batch.alerts += alerts
+        return waiter
+
+    def alert(self, alerts: list[AlertEvent]) -> asyncio.Future[None]:
+        waiter = self._enqueue()
+        self._batch.alerts += alerts
         return waiter
 
     def touch(self, check_id: str) -> asyncio.Future[None]:
@@ -211,6 +235,8 @@ class Writer:
             return
         self.transactions += 1
         self.changes += len(batch)
+        if batch.alerts and self.on_alerts_committed is not None:
+            self.on_alerts_committed()
         for waiter in batch.waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -321,11 +347,67 @@ async def _write(
                 ],
             )
 
+        if batch.alerts:
+            await _insert_alerts(cursor, batch.alerts)
+
+        # After the inserts, so that a held notice queued in this same batch is cancelled.
+        if batch.cancel_held:
+            for check_id in batch.cancel_held:
+                await cancel_pending(cursor, check_id, time.time(), "check reported in time")
+
         if batch.deleted:
             ids = list(batch.deleted)
+            await delete_for_checks(cursor, ids)
             await cursor.execute("DELETE FROM pings WHERE check_id = ANY(%s::uuid[])", (ids,))
             await cursor.execute("DELETE FROM flips WHERE check_id = ANY(%s::uuid[])", (ids,))
             await cursor.execute("DELETE FROM checks WHERE id = ANY(%s::uuid[])", (ids,))
+
+
+# One notification per channel of the check, with the check's descriptive fields read in
+# the same transaction. The id is derived from the event and the channel, so an event
+# queued twice is stored once.
+INSERT_ALERTS = """
+INSERT INTO notifications (id, check_id, event_time, channel_id, kind, payload, created, due)
+SELECT md5(c.id::text || '/' || %(event_key)s::text || '/' || %(kind)s::text || '/'
+           || ch::text)::uuid,
+       c.id, %(event_time)s::timestamptz, ch, %(kind)s::text,
+       jsonb_build_object(
+           'check_id', c.id::text, 'name', c.name, 'slug', c.slug, 'tags', c.tags,
+           'desc', c.description, 'status', %(status)s::text, 'reason', %(reason)s::text,
+           'event_time', %(event_iso)s::text, 'last_ping', %(last_ping_iso)s::text,
+           'body', %(body)s::text, 'body_truncated', %(truncated)s::boolean,
+           'exitstatus', %(exitstatus)s::integer),
+       now(), %(due)s::timestamptz
+FROM checks AS c CROSS JOIN LATERAL unnest(c.channels) AS ch
+WHERE c.id = %(check_id)s::uuid
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+async def _insert_alerts(cursor: psycopg.AsyncCursor[Any], alerts: list[AlertEvent]) -> None:
+    params = []
+    for alert in alerts:
+        text = None
+        if alert.body is not None:
+            # PostgreSQL text cannot hold NUL, which UTF-16 bodies are full of.
+            text = alert.body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+        params.append(
+            {
+                "check_id": alert.check_id,
+                "event_key": repr(alert.event_time),
+                "kind": alert.kind,
+                "event_time": _ts(alert.event_time),
+                "status": alert.status,
+                "reason": alert.reason,
+                "event_iso": iso_time(alert.event_time),
+                "last_ping_iso": None if alert.last_ping is None else iso_time(alert.last_ping),
+                "body": None if text is None else text[:BODY_EXCERPT_LIMIT],
+                "truncated": text is not None and len(text) > BODY_EXCERPT_LIMIT,
+                "exitstatus": alert.exitstatus,
+                "due": _ts(alert.due),
+            }
+        )
+    await cursor.executemany(INSERT_ALERTS, params)
 
 
 async def _copy_pings(cursor: psycopg.AsyncCursor[Any], pings: list[PingRow]) -> None:
