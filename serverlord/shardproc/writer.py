@@ -114,6 +114,9 @@ class Writer:
         self.ownership_lost = asyncio.Event()
         # Called after a commit that inserted notifications, to wake the deliverer.
         self.on_alerts_committed: Callable[[], None] | None = None
+        # Called after every transaction with the batch, its start (time.perf_counter())
+        # and the error that failed it or None; the observability layer records it.
+        self.on_commit: Callable[[Batch, float, BaseException | None], None] | None = None
         self._batch = Batch()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -220,12 +223,15 @@ class Writer:
         # The snapshot of each touched check is taken here, synchronously, so it includes
         # every change queued into this batch and nothing queued after it.
         states = self._snapshot(batch.touched - batch.deleted)
+        started = time.perf_counter()
         try:
             async with self._semaphore, self._pool.connection() as conn, conn.transaction():
                 await self._check_owner(conn)
                 await _write(conn, batch, states)
         except (psycopg.Error, OSError, OwnershipLost) as exc:
             log.error("commit of %d changes failed, the callers get an error: %s", len(batch), exc)
+            if self.on_commit is not None:
+                self.on_commit(batch, started, exc)
             self._on_failure(batch.touched | {row.check_id for row in batch.new_checks})
             for waiter in batch.waiters:
                 if not waiter.done():
@@ -235,6 +241,8 @@ class Writer:
             return
         self.transactions += 1
         self.changes += len(batch)
+        if self.on_commit is not None:
+            self.on_commit(batch, started, None)
         if batch.alerts and self.on_alerts_committed is not None:
             self.on_alerts_committed()
         for waiter in batch.waiters:
