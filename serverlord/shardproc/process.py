@@ -29,6 +29,7 @@ from serverlord.alerting.settings import alert_settings_from_env
 from serverlord.clock import SystemClock
 from serverlord.config import from_env
 from serverlord.logs import setup_logging
+from serverlord.observability.shard import ShardTelemetry
 from serverlord.shardproc.api_ops import ApiOps
 from serverlord.shardproc.retention import Retention
 from serverlord.shardproc.server import SocketServer
@@ -141,12 +142,13 @@ class ShardProcess:
         except psycopg.errors.UndefinedTable as exc:
             raise BootError(f"the shard database is not migrated: {exc}") from exc
         ApiOps(service).install()
+        telemetry = ShardTelemetry.install(service)
         settings = from_env()
         retention = Retention(service, settings.ping_retention, settings.flip_retention_days)
 
         deliverer, catalog_pool = await self._start_deliverer(service)
 
-        server = SocketServer(self.args.socket, service.handle, self.shard)
+        server = SocketServer(self.args.socket, telemetry.wrap(service.handle), self.shard)
         tasks = [
             asyncio.create_task(service.writer.run(), name="writer"),
             asyncio.create_task(service.engine.run(), name="engine"),
@@ -155,6 +157,7 @@ class ShardProcess:
             asyncio.create_task(self._watch_lock(), name="lock-watch"),
             asyncio.create_task(self._watch_ownership(service), name="owner-watch"),
             asyncio.create_task(retention.run(), name="retention"),
+            asyncio.create_task(telemetry.run(), name="telemetry"),
         ]
         if deliverer is not None:
             tasks.append(asyncio.create_task(deliverer.run(), name="deliverer"))
@@ -169,6 +172,7 @@ class ShardProcess:
         await self._shutdown(server, service, pool, tasks)
         if catalog_pool is not None:
             await catalog_pool.close()
+        await telemetry.close()
 
     async def _shutdown(
         self,
@@ -212,6 +216,20 @@ class ShardProcess:
             self.args.catalog_dsn, min_size=1, max_size=2, open=False, name=f"catalog{self.shard}"
         )
         await catalog_pool.open(wait=True, timeout=self.args.boot_timeout)
+
+        # This process holds the shard's lock, so claims left by an earlier process are
+        # dead: release them now instead of waiting for their leases to run out.
+        async with service.pool.connection() as conn:
+            cursor = await conn.execute(
+                "UPDATE notifications SET claim_token = NULL, lease_expires = NULL"
+                " WHERE status = 'pending' AND claim_token IS NOT NULL"
+            )
+            if cursor.rowcount:
+                log.info(
+                    "shard %d released %d notification claims of its previous process",
+                    self.shard,
+                    cursor.rowcount,
+                )
         clock = SystemClock()
         deliverer = Deliverer(
             service.pool,
