@@ -52,12 +52,14 @@ def seed(
     due_from: float | None,
     due_window: float,
     rng: random.Random,
+    deadlines: dict[str, float] | None = None,
 ) -> dict[int, list[str]]:
     """Insert `count` up checks; return their ids by shard.
 
     With `due_from`, each check's last ping is set so that its deadline falls at a
     uniformly random instant in [due_from, due_from + due_window); otherwise the last
-    ping is now and the deadline is timeout + grace away.
+    ping is now and the deadline is timeout + grace away. When `deadlines` is given, each
+    check's deadline is stored in it by id.
     """
     slot_map = load_slot_map(catalog)
     dsns = shard_dsns(catalog)
@@ -70,6 +72,8 @@ def seed(
             last_ping = now
         else:
             last_ping = due_from + rng.random() * due_window - timeout - grace
+        if deadlines is not None:
+            deadlines[str(check_id)] = last_ping + timeout + grace
         rows[slot_map.shard_of(check_id)].append(
             (
                 check_id,
