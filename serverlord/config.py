@@ -66,6 +66,9 @@ class Settings:
     """Seconds a web worker remembers a key lookup, and so also how long a revoked key
     may still work."""
 
+    metrics_token: str | None = None
+    """Bearer token that `GET /metrics` requires. None serves the metrics to anyone."""
+
     @property
     def embedded(self) -> bool:
         return self.database_url is None
@@ -106,6 +109,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ping_retention=_int(env, "PING_RETENTION", 100, 1, 100_000),
         flip_retention_days=_int(env, "FLIP_RETENTION_DAYS", 93, 93, 36_500),
         auth_cache_ttl=_float(env, "AUTH_CACHE_TTL", 5.0, 0.0, 300.0),
+        metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
     )
 
 

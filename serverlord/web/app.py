@@ -14,6 +14,7 @@ import falcon
 import falcon.asgi
 
 from serverlord.config import from_env
+from serverlord.observability.web import install_web_telemetry
 from serverlord.web import api_v3, errors
 from serverlord.web.api_v3.checks import ApiContext
 from serverlord.web.api_v3.slug_pings import SlugPings
@@ -65,6 +66,7 @@ def create_app(
     # A trailing slash means the same on every path, so `/ping/<uuid>/start/` is a start.
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
+    install_web_telemetry(app, router, settings)
 
     catalog = Catalog(os.environ.get("SERVERLORD_CATALOG_DSN"), settings.auth_cache_ttl)
     auth = Authenticator(catalog)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from serverlord import protocol
@@ -27,6 +28,18 @@ class ShardUnavailable(Exception):
         self.reason = reason
 
 
+class RequestObserver(Protocol):
+    """Hooks around every shard request, set by the observability layer."""
+
+    def outgoing(self, shard: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Return the arguments to send, for example with the trace context added."""
+        ...
+
+    def finished(self, shard: int, op: str, status: int | None, seconds: float) -> None:
+        """Record a round trip; `status` is None when no response arrived."""
+        ...
+
+
 class ShardConnection:
     def __init__(self, shard: int, path: str, timeout: float) -> None:
         self.shard = shard
@@ -37,8 +50,22 @@ class ShardConnection:
         self._pending: dict[int, asyncio.Future[tuple[int, Any]]] = {}
         self._ids = itertools.count(1)
         self._connecting = asyncio.Lock()
+        self.observer: RequestObserver | None = None
 
     async def request(self, op: str, args: dict[str, Any]) -> tuple[int, Any]:
+        observer = self.observer
+        if observer is None:
+            return await self._request(op, args)
+        args = observer.outgoing(self.shard, op, args)
+        started = time.perf_counter()
+        status = None
+        try:
+            status, body = await self._request(op, args)
+            return status, body
+        finally:
+            observer.finished(self.shard, op, status, time.perf_counter() - started)
+
+    async def _request(self, op: str, args: dict[str, Any]) -> tuple[int, Any]:
         writer = await self._connected()
         request_id = next(self._ids)
         future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
