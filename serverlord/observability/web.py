@@ -41,9 +41,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from serverlord import protocol
 from serverlord.config import Settings
+from serverlord.logs import setup_logging
 from serverlord.observability.exposition import CONTENT_TYPE, Family, merge, render
 from serverlord.observability.logcontext import install_log_context
+from serverlord.observability.projects import ProjectMetrics
 from serverlord.observability.telemetry import LATENCY_BUCKETS, Telemetry
+from serverlord.web.auth import Catalog
 from serverlord.web.shards import ShardRouter, ShardUnavailable
 
 log = logging.getLogger(__name__)
@@ -364,12 +367,19 @@ def install_web_telemetry(
     app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response],
     router: ShardRouter,
     settings: Settings,
+    catalog: Catalog,
 ) -> WebTelemetry:
-    """Instrument `app` and `router`, and serve `GET /metrics`."""
+    """Instrument `app` and `router`, and serve `/metrics` and the projects' metrics."""
+    # gunicorn configures only its own loggers, so without this the web tier's records
+    # below WARNING were dropped and none were JSON lines.
+    setup_logging(settings.log_level, "web")
     install_log_context(None, os.environ.get("LOG_FORMAT", "").lower() == "json")
     web = WebTelemetry(router, settings.runtime_dir, settings.metrics_token)
     app.add_middleware(TelemetryMiddleware(web))
     for connection in router.connections:
         connection.observer = web
     app.add_route("/metrics", MetricsResource(web))
+    project_metrics = ProjectMetrics(router, catalog)
+    app.add_route("/projects/{project}/metrics", project_metrics)
+    app.add_route("/projects/{project}/metrics/{key}", project_metrics)
     return web

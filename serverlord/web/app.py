@@ -66,9 +66,9 @@ def create_app(
     # A trailing slash means the same on every path, so `/ping/<uuid>/start/` is a start.
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
-    install_web_telemetry(app, router, settings)
 
     catalog = Catalog(os.environ.get("SERVERLORD_CATALOG_DSN"), settings.auth_cache_ttl)
+    install_web_telemetry(app, router, settings, catalog)
     auth = Authenticator(catalog)
     ping_settings = PingSettings(settings.ping_body_limit, settings.trusted_proxies)
     pings = PingResource(router, ping_settings, SlugPings(router, auth, catalog, ping_settings))
