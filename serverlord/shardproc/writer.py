@@ -371,51 +371,55 @@ async def _write(
             await cursor.execute("DELETE FROM checks WHERE id = ANY(%s::uuid[])", (ids,))
 
 
-# One notification per channel of the check, with the check's descriptive fields read in
+# One notification per channel of each check, with the check's descriptive fields read in
 # the same transaction. The id is derived from the event and the channel, so an event
-# queued twice is stored once.
+# queued twice is stored once. One statement for the whole batch: a burst of thousands of
+# flips must not cost thousands of round trips inside the transaction.
 INSERT_ALERTS = """
 INSERT INTO notifications (id, check_id, event_time, channel_id, kind, payload, created, due)
-SELECT md5(c.id::text || '/' || %(event_key)s::text || '/' || %(kind)s::text || '/'
-           || ch::text)::uuid,
-       c.id, %(event_time)s::timestamptz, ch, %(kind)s::text,
+SELECT md5(c.id::text || '/' || a.event_key || '/' || a.kind || '/' || ch::text)::uuid,
+       c.id, a.event_time, ch, a.kind,
        jsonb_build_object(
            'check_id', c.id::text, 'name', c.name, 'slug', c.slug, 'tags', c.tags,
-           'desc', c.description, 'status', %(status)s::text, 'reason', %(reason)s::text,
-           'event_time', %(event_iso)s::text, 'last_ping', %(last_ping_iso)s::text,
-           'body', %(body)s::text, 'body_truncated', %(truncated)s::boolean,
-           'exitstatus', %(exitstatus)s::integer),
-       now(), %(due)s::timestamptz
-FROM checks AS c CROSS JOIN LATERAL unnest(c.channels) AS ch
-WHERE c.id = %(check_id)s::uuid
+           'desc', c.description, 'status', a.status, 'reason', a.reason,
+           'event_time', a.event_iso, 'last_ping', a.last_ping_iso, 'body', a.body,
+           'body_truncated', a.truncated, 'exitstatus', a.exitstatus),
+       now(), a.due
+FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[],
+            %s::text[], %s::text[], %s::text[], %s::boolean[], %s::integer[],
+            %s::timestamptz[])
+     AS a(check_id, event_key, kind, event_time, status, reason, event_iso, last_ping_iso,
+          body, truncated, exitstatus, due)
+JOIN checks AS c ON c.id = a.check_id
+CROSS JOIN LATERAL unnest(c.channels) AS ch
 ON CONFLICT (id) DO NOTHING
 """
 
 
 async def _insert_alerts(cursor: psycopg.AsyncCursor[Any], alerts: list[AlertEvent]) -> None:
-    params = []
+    rows = []
     for alert in alerts:
         text = None
         if alert.body is not None:
             # PostgreSQL text cannot hold NUL, which UTF-16 bodies are full of.
             text = alert.body.decode("utf-8", "replace").replace("\x00", "\ufffd")
-        params.append(
-            {
-                "check_id": alert.check_id,
-                "event_key": repr(alert.event_time),
-                "kind": alert.kind,
-                "event_time": _ts(alert.event_time),
-                "status": alert.status,
-                "reason": alert.reason,
-                "event_iso": iso_time(alert.event_time),
-                "last_ping_iso": None if alert.last_ping is None else iso_time(alert.last_ping),
-                "body": None if text is None else text[:BODY_EXCERPT_LIMIT],
-                "truncated": text is not None and len(text) > BODY_EXCERPT_LIMIT,
-                "exitstatus": alert.exitstatus,
-                "due": _ts(alert.due),
-            }
+        rows.append(
+            (
+                alert.check_id,
+                repr(alert.event_time),
+                alert.kind,
+                _ts(alert.event_time),
+                alert.status,
+                alert.reason,
+                iso_time(alert.event_time),
+                None if alert.last_ping is None else iso_time(alert.last_ping),
+                None if text is None else text[:BODY_EXCERPT_LIMIT],
+                text is not None and len(text) > BODY_EXCERPT_LIMIT,
+                alert.exitstatus,
+                _ts(alert.due),
+            )
         )
-    await cursor.executemany(INSERT_ALERTS, params)
+    await cursor.execute(INSERT_ALERTS, [list(column) for column in zip(*rows, strict=True)])
 
 
 async def _copy_pings(cursor: psycopg.AsyncCursor[Any], pings: list[PingRow]) -> None:
