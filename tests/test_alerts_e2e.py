@@ -81,6 +81,15 @@ def test_webhook_hears_down_and_up(alert_server: Server) -> None:
                 up = (await wait_for(receiver, 2))[1]
                 assert up.body == b"nightly is up"
                 assert up.headers["idempotency-key"] != down.headers["idempotency-key"]
+
+                history = await asyncio.to_thread(
+                    _sent_history, server, project.rw_key, check["uuid"]
+                )
+                assert [item["kind"] for item in history] == ["up", "down"]
+                assert {item["id"] for item in history} == {
+                    down.headers["idempotency-key"],
+                    up.headers["idempotency-key"],
+                }
             finally:
                 server.stop()
 
@@ -113,6 +122,19 @@ def test_pending_alert_survives_shard_kill(alert_server: Server) -> None:
                 server.stop()
 
     asyncio.run(scenario())
+
+
+def _sent_history(server: Server, key: str, check_id: str) -> list[dict[str, Any]]:
+    """Return the check's notification history once every entry is sent (at most 10 s)."""
+    path = f"/api/v3/checks/{check_id}/notifications/"
+    deadline = time.monotonic() + 10
+    while True:
+        answer = server.api("GET", path, key)
+        assert answer.status == 200, answer.text
+        items: list[dict[str, Any]] = answer.json()["notifications"]
+        if all(item["status"] == "sent" for item in items) or time.monotonic() > deadline:
+            return items
+        time.sleep(0.2)
 
 
 async def _wait_more(receiver: HttpReceiver, count: int, seconds: float) -> list[ReceivedRequest]:

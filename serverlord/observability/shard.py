@@ -217,7 +217,8 @@ class ShardTelemetry:
             for outcome in ("ok", "not_found", "unavailable"):
                 self.pings.add(0, {"signal": signal, "outcome": outcome})
         for outcome in ATTEMPT_OUTCOMES:
-            self.attempts.add(0, {"outcome": outcome, "retry": "false"})
+            for retry in ("false", "true"):
+                self.attempts.add(0, {"outcome": outcome, "retry": retry})
         for reason in ("success", "fail", "timeout"):
             new_status = "up" if reason == "success" else "down"
             self.flips.add(0, {"reason": reason, "new_status": new_status})

@@ -24,6 +24,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from serverlord.shardproc import alerts
 from serverlord.shardproc.checks import Check
 from serverlord.shardproc.service import NOT_FOUND, OpHandler, Response, ShardService
 from serverlord.shardproc.writer import WriteFailed
@@ -36,6 +37,7 @@ STALE_ROUTE: Response = (421, {"error": "stale route"})
 MAX_PAGE = 2000
 MAX_FLIPS = 10_000
 MAX_PINGS = 1000
+MAX_NOTIFICATIONS = 100
 
 SlugKey = tuple[int, str]
 
@@ -80,6 +82,7 @@ class ApiOps:
         service.register("pings", self.pings)
         service.register("ping_body", self.ping_body)
         service.register("flips", self.flips)
+        service.register("notifications", self.notifications)
         log.info(
             "shard %d serves the API operations; %d slugs indexed",
             service.shard,
@@ -384,6 +387,42 @@ class ApiOps:
         flips = [[row["created"].timestamp(), row["new_status"]] for row in rows]
         return (200, {"flips": flips})
 
+    async def notifications(self, args: dict[str, Any]) -> Response:
+        """Return the check's latest notifications with their delivery outcome, newest first."""
+        check = self._owned(args)
+        if check is None:
+            return NOT_FOUND
+        rows = await self._fetch(
+            sql.SQL(
+                "SELECT id, kind, channel_id, status, event_time, created, due, attempts,"
+                " finished, last_error FROM notifications WHERE check_id = %s"
+                " ORDER BY created DESC, event_time DESC LIMIT %s"
+            ),
+            [check.id, MAX_NOTIFICATIONS],
+        )
+        return (
+            200,
+            {
+                "notifications": [
+                    {
+                        "id": str(row["id"]),
+                        "kind": row["kind"],
+                        "channel": str(row["channel_id"]),
+                        "status": row["status"],
+                        "event_time": row["event_time"].timestamp(),
+                        "created": row["created"].timestamp(),
+                        "due": row["due"].timestamp(),
+                        "attempts": row["attempts"],
+                        "finished": None
+                        if row["finished"] is None
+                        else row["finished"].timestamp(),
+                        "error": row["last_error"],
+                    }
+                    for row in rows
+                ]
+            },
+        )
+
     # -- database ----------------------------------------------------------------------
 
     async def _fetch(self, query: sql.Composable, params: Iterable[Any]) -> list[dict[str, Any]]:
@@ -434,6 +473,15 @@ def _view(check: Check, row: dict[str, Any], now: float) -> dict[str, Any]:
     if check.schedule is not None:
         view["schedule"] = check.schedule.expression
         view["tz"] = check.schedule.tz
+    if check.max_runtime is not None:
+        view["max_runtime"] = int(check.max_runtime)
+    policy = alerts.config_of(check)
+    view.update(
+        alert_after=policy.alert_after,
+        recover_after=policy.recover_after,
+        reminder=0 if policy.reminder_every is None else int(policy.reminder_every),
+        late_notice=policy.late_notice,
+    )
     return view
 
 

@@ -455,6 +455,13 @@ class ShardService:
             described["tz"] = check.schedule.tz
         if check.max_runtime is not None:
             described["max_runtime"] = int(check.max_runtime)
+        policy = alerts.config_of(check)
+        described.update(
+            alert_after=policy.alert_after,
+            recover_after=policy.recover_after,
+            reminder=0 if policy.reminder_every is None else int(policy.reminder_every),
+            late_notice=policy.late_notice,
+        )
         return described
 
 

@@ -13,6 +13,7 @@ from serverlord.web.api_v3.checks import (
     ApiContext,
     CheckAction,
     CheckFlips,
+    CheckNotifications,
     CheckPings,
     CheckResource,
     ChecksCollection,
@@ -64,6 +65,7 @@ def install(
         app.add_route(f"{api}/checks/{{code}}/pings", CheckPings(context))
         app.add_route(f"{api}/checks/{{code}}/pings/{{n}}/body", PingBody(context))
         app.add_route(f"{api}/checks/{{code}}/flips", CheckFlips(context))
+        app.add_route(f"{api}/checks/{{code}}/notifications", CheckNotifications(context))
         app.add_route(f"{api}/channels", Channels(context))
         app.add_route(f"{api}/badges", BadgeList(context))
         app.add_route(f"{api}/status", Status(context))

@@ -13,6 +13,7 @@ import base64
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import falcon
@@ -296,6 +297,40 @@ class CheckFlips(ApiResource):
         check_id = await self.resolve(code, access)
         body = await self.request_check(check_id, "flips", access, **window)
         _answer(resp, 200, {"flips": [flip_view(flip) for flip in body["flips"]]})
+
+
+class CheckNotifications(ApiResource):
+    """`GET /api/v3/checks/<uuid|unique_key>/notifications/`: alerts sent and their outcome.
+
+    A Server Lord addition: the latest 100 notifications, newest first.
+    """
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, code: str) -> None:
+        access = await self.auth.require(req)
+        check_id = await self.resolve(code, access)
+        body = await self.request_check(check_id, "notifications", access)
+        _answer(
+            resp,
+            200,
+            {
+                "notifications": [
+                    {
+                        **item,
+                        "event_time": _iso(item["event_time"]),
+                        "created": _iso(item["created"]),
+                        "due": _iso(item["due"]),
+                        "finished": _iso(item["finished"]),
+                    }
+                    for item in body["notifications"]
+                ]
+            },
+        )
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def _flip_window(req: falcon.asgi.Request) -> dict[str, float]:

@@ -53,6 +53,11 @@ KNOWN_FIELDS = frozenset(
         "methods",
         "channels",
         "unique",
+        "max_runtime",
+        "alert_after",
+        "recover_after",
+        "reminder",
+        "late_notice",
         *EMAIL_TEXT_FIELDS,
         *EMAIL_FLAG_FIELDS,
     }
@@ -127,6 +132,7 @@ def parse_spec(body: dict[str, Any], version: int) -> CheckSpec:
         fields["methods"] = body["methods"]
     if "channels" in body:
         spec.channels = _string(body, "channels", 10_000)
+    _policy_fields(body, fields)
     for name in EMAIL_TEXT_FIELDS:
         if name in body:
             _string(body, name, MAX_KEYWORDS)
@@ -138,6 +144,39 @@ def parse_spec(body: dict[str, Any], version: int) -> CheckSpec:
     spec.unique = _unique(body)
     spec.match = _match(spec.unique, fields)
     return spec
+
+
+# Server Lord's additions to the check fields: a bound on runs, and the alert policy.
+MAX_THRESHOLD = 1000
+MIN_REMINDER = 60
+
+
+def _policy_fields(body: dict[str, Any], fields: dict[str, Any]) -> None:
+    if "max_runtime" in body:
+        value = body["max_runtime"]
+        fields["max_runtime_s"] = None if value == 0 else _seconds(body, "max_runtime")
+    for name in ("alert_after", "recover_after"):
+        if name in body:
+            value = body[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise invalid(f"{name} is not a number; give a count from 1 to {MAX_THRESHOLD}")
+            if not 1 <= value <= MAX_THRESHOLD:
+                raise invalid(f"{name} is out of range; use 1 to {MAX_THRESHOLD}")
+            fields[name] = value
+    if "reminder" in body:
+        value = body["reminder"]
+        if value == 0 and not isinstance(value, bool):
+            fields["reminder_s"] = None
+        else:
+            seconds = _seconds(body, "reminder")
+            if seconds < MIN_REMINDER:
+                raise invalid(
+                    f"reminder is too small; use 0 (no reminders) or {MIN_REMINDER} to "
+                    f"{MAX_SECONDS} seconds"
+                )
+            fields["reminder_s"] = seconds
+    if "late_notice" in body:
+        fields["late_notice"] = _boolean(body, "late_notice")
 
 
 def _string(body: dict[str, Any], name: str, limit: int) -> str:

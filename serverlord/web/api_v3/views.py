@@ -65,6 +65,12 @@ def check_view(check: dict[str, Any], access: Access, urls: Urls) -> dict[str, A
     }
     if check["last_duration"] is not None:
         view["last_duration"] = int(check["last_duration"])
+    # Server Lord's additions: a bound on runs and the alert policy.
+    if check.get("max_runtime") is not None:
+        view["max_runtime"] = check["max_runtime"]
+    for name in ("alert_after", "recover_after", "reminder", "late_notice"):
+        if name in check:
+            view[name] = check[name]
     if access.readonly:
         view["unique_key"] = check["unique_key"]
     else:
