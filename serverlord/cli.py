@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(Supervisor(settings).run())
     if args.command == "migrate":
         _migrate(settings)
-    if args.command in ("user", "project", "key"):
+    if args.command in ("user", "project", "key", "channel"):
         sys.exit(accounts_cli.run(args, settings))
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import conninfo, sql
+from psycopg.types.json import Jsonb
 
 from serverlord.accounts import store
 from serverlord.accounts.keys import KEY_KIND_NAMES, KEY_KINDS, KeyKind
+from serverlord.alerting.channels import ChannelError, validate_channel, validate_channel_name
 from serverlord.config import Settings
 from serverlord.storage.migrate import migrate
 
@@ -27,7 +30,7 @@ EMBEDDED_CATALOG = "serverlord"
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `user`, `project` and `key` commands to the `serverlord` parser."""
+    """Add the `user`, `project`, `key` and `channel` commands to the `serverlord` parser."""
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True
     )
@@ -63,6 +66,27 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     revoke.add_argument("--project", type=int, required=True, help="project id")
     revoke.add_argument("prefix", help="the key's first 6 characters, as `key create` shows")
     _add_output_options(revoke)
+
+    channel = commands.add_parser("channel", help="manage alert channels").add_subparsers(
+        dest="action", required=True
+    )
+    create = channel.add_parser(
+        "create", help='create a channel; new checks with channels="*" use it'
+    )
+    create.add_argument("--project", type=int, required=True, help="project id")
+    create.add_argument("--name", default="", help="channel name (at most 100 characters)")
+    create.add_argument(
+        "--kind", choices=("webhook", "email", "apprise"), required=True, help="channel kind"
+    )
+    create.add_argument(
+        "--config",
+        required=True,
+        help='JSON settings, e.g. \'{"urls": ["ntfy://ntfy.sh/mytopic"]}\' for apprise',
+    )
+    _add_output_options(create)
+    listing = channel.add_parser("list", help="list a project's channels")
+    listing.add_argument("--project", type=int, required=True, help="project id")
+    _add_output_options(listing)
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +136,44 @@ def _dispatch(
             "web workers may accept it for a few more seconds from their cache"
         )
         return {"project_id": args.project, "revoked": count}, text
+    if command == ("channel", "create"):
+        return _create_channel(conn, args.project, args.name, args.kind, args.config)
+    if command == ("channel", "list"):
+        store.find_project(conn, args.project)
+        rows = conn.execute(
+            "SELECT id, name, kind FROM channels WHERE project_id = %s ORDER BY created",
+            (args.project,),
+        ).fetchall()
+        channels = [{"id": str(row[0]), "name": row[1], "kind": row[2]} for row in rows]
+        text = "\n".join(f"{c['id']}  {c['kind']:8} {c['name']}" for c in channels)
+        return {"project_id": args.project, "channels": channels}, text or "no channels"
     raise store.AccountError(f"unknown command {' '.join(command)}")
+
+
+def _create_channel(
+    conn: psycopg.Connection[Any], project_id: int, name: str, kind: str, raw_config: str
+) -> tuple[dict[str, Any], str]:
+    store.find_project(conn, project_id)
+    try:
+        config = json.loads(raw_config)
+    except json.JSONDecodeError as exc:
+        raise store.AccountError(f"--config is not valid JSON: {exc}") from None
+    try:
+        name = validate_channel_name(name)
+        normal = validate_channel(kind, config)
+    except ChannelError as exc:
+        raise store.AccountError(f"invalid channel: {exc}") from None
+    channel_id = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO channels (id, project_id, name, kind, config) VALUES (%s, %s, %s, %s, %s)",
+        (channel_id, project_id, name, kind, Jsonb(normal)),
+    )
+    text = (
+        f"created {kind} channel {channel_id} {name!r} for project {project_id}\n"
+        'checks created with "channels": "*" notify it; assign it to existing checks with\n'
+        f'  "channels": "{channel_id}" in a check update'
+    )
+    return {"project_id": project_id, "channel_id": str(channel_id), "kind": kind}, text
 
 
 def _create_user(conn: psycopg.Connection[Any], email: str) -> tuple[dict[str, Any], str]:
