@@ -125,6 +125,32 @@ def _new_family(name: str, kind: str, help_text: str, series: list[list[Any]]) -
     return {"name": name, "type": kind, "help": help_text, "series": series}
 
 
+def add_empty_histograms(
+    families: list[Family],
+    name: str,
+    help_text: str,
+    bounds: Iterable[float],
+    label_sets: Iterable[Mapping[str, str]],
+) -> None:
+    """Add a zero series for each label set that the histogram `name` does not have yet.
+
+    OpenTelemetry creates a histogram series at its first observation, and Prometheus
+    cannot take a rate from a series' first sample, so that first event would never show.
+    A zero series from the start lets the first event count.
+    """
+    family = next((family for family in families if family["name"] == name), None)
+    if family is None:
+        family = _new_family(name, "histogram", help_text, [])
+        families.append(family)
+    present = [labels for labels, _ in family["series"]]
+    bound_list = [float(bound) for bound in bounds]
+    for label_set in label_sets:
+        if dict(label_set) in present:
+            continue
+        empty = {"bounds": bound_list, "counts": [0] * (len(bound_list) + 1), "sum": 0, "count": 0}
+        family["series"].append([dict(label_set), empty])
+
+
 def merge(snapshots: Iterable[list[Family]]) -> list[Family]:
     """Merge the families of several processes into one list, sorted by name.
 

@@ -32,6 +32,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from serverlord.observability.exposition import add_empty_histograms
 from serverlord.observability.logcontext import (
     check_unique_key,
     current_check,
@@ -63,6 +64,9 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20
 # Seconds from a deadline (or an event) to the commit of its flip or delivery.
 DETECTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DELIVERY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+DETECTION_HELP = "Time from a check's deadline to the commit of its down flip."
+DELIVERY_HELP = "Time from the event to the end of the attempt that delivered it."
 
 POLL_INTERVAL = 15.0
 # Collections closer together than this reuse the last read of the notification tables.
@@ -137,7 +141,7 @@ class ShardTelemetry:
         self.detection_latency = meter.create_histogram(
             "serverlord.detection.latency",
             unit="s",
-            description="Time from a check's deadline to the commit of its down flip.",
+            description=DETECTION_HELP,
             explicit_bucket_boundaries_advisory=DETECTION_BUCKETS,
         )
         self.attempts = meter.create_counter(
@@ -148,7 +152,7 @@ class ShardTelemetry:
         self.delivery_latency = meter.create_histogram(
             "serverlord.notification.delivery.latency",
             unit="s",
-            description="Time from the event to the end of the attempt that delivered it.",
+            description=DELIVERY_HELP,
             explicit_bucket_boundaries_advisory=DELIVERY_BUCKETS,
         )
         self._create_observable_instruments()
@@ -312,7 +316,23 @@ class ShardTelemetry:
     async def metrics(self, args: dict[str, Any]) -> Response:
         """Serve the `metrics` operation: this process's metric families."""
         await self.poll_notifications(POLL_MIN_INTERVAL)
-        return (200, {"families": self.telemetry.snapshot()})
+        families = self.telemetry.snapshot()
+        labels = self.telemetry.labels
+        add_empty_histograms(
+            families,
+            "serverlord_detection_latency_seconds",
+            DETECTION_HELP,
+            DETECTION_BUCKETS,
+            [{**labels, "reason": reason} for reason in sorted(TIMEOUT_REASONS)],
+        )
+        add_empty_histograms(
+            families,
+            "serverlord_notification_delivery_latency_seconds",
+            DELIVERY_HELP,
+            DELIVERY_BUCKETS,
+            [{**labels, "kind": kind} for kind in ("down", "up")],
+        )
+        return (200, {"families": families})
 
     # -- commits -----------------------------------------------------------------------
 
