@@ -11,6 +11,7 @@ question, and a run started by a start signal shows as `started`.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -227,22 +228,41 @@ def check_from_row(row: dict[str, Any]) -> Check | None:
         return None
     return Check(
         str(row["id"]),
-        project_id=row["project_id"],
-        slug=row["slug"] or "",
-        kind=row["kind"],
-        timeout=float(row["timeout_s"]),
-        grace=float(row["grace_s"]),
+        project_id=_shared(row["project_id"]),
+        slug=sys.intern(row["slug"]) if row["slug"] else "",
+        kind=sys.intern(row["kind"]),
+        timeout=_shared(float(row["timeout_s"])),
+        grace=_shared(float(row["grace_s"])),
         schedule=schedule,
         max_runtime=None if row["max_runtime_s"] is None else float(row["max_runtime_s"]),
         manual_resume=row["manual_resume"],
         methods_post=row["methods"] == "POST",
-        status=row["status"],
+        status=sys.intern(row["status"]),  # type: ignore[arg-type]
         last_ping=_epoch(row["last_ping"]),
         last_start=_epoch(row["last_start"]),
         last_start_rid=None if row["last_start_rid"] is None else str(row["last_start_rid"]),
         last_duration=row["last_duration_s"],
         n_pings=row["n_pings"],
     )
+
+
+# Most checks share a handful of periods, graces and projects; one object per distinct
+# value, instead of one per check, saves about 50 bytes per check at a million checks.
+_SHARED_VALUES: dict[tuple[type, Any], Any] = {}
+_MAX_SHARED = 100_000
+
+
+def _shared(value: Any) -> Any:
+    if value is None:
+        return None
+    # Keyed by type too: 3600 and 3600.0 are equal keys, but a period must stay a float.
+    key = (type(value), value)
+    found = _SHARED_VALUES.get(key)
+    if found is not None:
+        return found
+    if len(_SHARED_VALUES) < _MAX_SHARED:
+        _SHARED_VALUES[key] = value
+    return value
 
 
 def _epoch(value: Any) -> float | None:
