@@ -28,6 +28,8 @@ COMMON_FIELDS = {
     "badge_url",
 }
 READ_WRITE_FIELDS = {"uuid", "ping_url", "update_url", "pause_url", "resume_url", "channels"}
+# Server Lord's additions to the check object: the alert policy.
+POLICY_FIELDS = {"alert_after", "recover_after", "reminder", "late_notice"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def test_create_answers_check_object(server: Server, project: Project) -> None:
     body = {"name": "Backups", "slug": "backups", "tags": "prod www", "timeout": 3600}
     created = create(server, project, **body, grace=60, desc="nightly")
     check_id = created["uuid"]
-    assert set(created) == COMMON_FIELDS | READ_WRITE_FIELDS | {"timeout"}
+    assert set(created) == COMMON_FIELDS | READ_WRITE_FIELDS | POLICY_FIELDS | {"timeout"}
     assert created["name"] == "Backups"
     assert created["slug"] == "backups"
     assert created["tags"] == "prod www"
@@ -99,7 +101,7 @@ def test_read_only_key_sees_unique_key(server: Server, project: Project) -> None
     answer = server.api("GET", f"/api/v3/checks/{created['uuid']}", project.ro_key)
     assert answer.status == 200
     check = answer.json()
-    assert set(check) == COMMON_FIELDS | {"unique_key", "timeout"}
+    assert set(check) == COMMON_FIELDS | POLICY_FIELDS | {"unique_key", "timeout"}
     assert len(check["unique_key"]) == 40
 
     by_key = server.api("GET", f"/api/v3/checks/{check['unique_key']}", project.ro_key)
