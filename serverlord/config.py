@@ -35,7 +35,7 @@ class Settings:
     host: str
     port: int
     api_timeout: float
-    """Seconds a web worker waits for its shard process before answering 503."""
+    """Seconds a web worker waits for its shard process before responding 503."""
 
     web_workers: int
     runtime_dir: Path

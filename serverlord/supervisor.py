@@ -33,7 +33,7 @@ from serverlord.storage.topology import Topology, load_or_create_slot_map, provi
 
 log = logging.getLogger(__name__)
 
-# The database that holds the catalog inside the embedded cluster.
+# The database that contains the catalog inside the embedded cluster.
 EMBEDDED_CATALOG = "serverlord"
 
 # gunicorn exits with 3 when a worker cannot boot (gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR).
@@ -95,7 +95,7 @@ class Supervisor:
     # -- running -----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Boot everything, supervise until told to stop, and return the exit status."""
+        """Boot everything, supervise until a stop signal arrives, and return the exit status."""
         wakeup_read, wakeup_write = socket.socketpair()
         wakeup_read.setblocking(False)
         wakeup_write.setblocking(False)
@@ -250,7 +250,7 @@ class Supervisor:
     def reap(self) -> None:
         now = time.monotonic()
         if self.embedded is not None and not self.stopping and not self.embedded.is_running():
-            # Shard processes keep answering 503 while it is down and reconnect by
+            # Shard processes keep returning 503 while it is down and reconnect by
             # themselves once it is back; acknowledged pings are already on disk.
             self.embedded.restart()
         for child in self.shards:

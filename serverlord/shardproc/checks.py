@@ -1,7 +1,7 @@
 """A check's state in memory and the rules that move it.
 
 The shard process holds one `Check` per check of its shard and is the only writer of
-their rows, so these objects are the truth and the database their durable copy. Times
+their rows, so these objects are the source of truth and the database their durable copy. Times
 are UTC epoch seconds (floats); the functions here never read a clock themselves.
 
 Statuses stored: new, up, down, paused. `grace` (late) is derived from the time of the
@@ -145,7 +145,7 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class PingOutcome:
-    """What one ping did: the signal logged, the flip it caused, the run it closed."""
+    """The effect of one ping: the signal logged, the flip it caused, the run it closed."""
 
     signal: Signal
     n: int

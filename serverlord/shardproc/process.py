@@ -183,7 +183,7 @@ class ShardProcess:
     ) -> None:
         log.info("shard %d stopping", self.shard)
 
-        # 1. Stop accepting: web workers see the socket gone and answer 503.
+        # 1. Stop accepting: web workers see the socket gone and return 503.
         await server.stop_accepting()
 
         # 2. Let received requests finish; each waits for its commit.
@@ -305,7 +305,7 @@ class ShardProcess:
                     log.error("shard %d could not take its lock again: %s", self.shard, failed)
                     self._stop.set()
                     return
-                log.info("shard %d holds its lock again", self.shard)
+                log.info("shard %d acquired its lock again", self.shard)
 
     async def _watch_parent(self) -> None:
         while True:

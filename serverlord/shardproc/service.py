@@ -1,6 +1,6 @@
 """The operations a shard process serves: pings, and creating and reading checks.
 
-Every operation changes memory first, queues the change for the writer and answers only
+Every operation changes memory first, queues the change for the writer and responds only
 after the commit, so a 2xx from the web tier always stands for stored data. A check whose
 commit failed is marked stale and reloaded from the database before it takes more pings,
 because its memory state may then hold a change the database does not.
@@ -129,7 +129,7 @@ class ShardService:
         self._reload_wakeup.set()
 
     async def reload_stale(self) -> None:
-        """Reload checks whose last commit failed, retrying until the database answers."""
+        """Reload checks whose last commit failed, retrying until the database is reachable."""
         delay = 0.1
         while True:
             await self._reload_wakeup.wait()

@@ -2,8 +2,8 @@
 
 One fsync costs milliseconds, so committing each ping alone caps a shard at a few hundred
 pings a second. The writer instead takes every queued change at once, writes it in one
-transaction and only then resolves each change's future, so a caller that answers after
-awaiting its future has answered for committed data. One transaction runs at a time,
+transaction and only then resolves each change's future, so a caller that responds after
+awaiting its future responds for committed data. One transaction runs at a time,
 which also keeps the database in the order the shard process made its decisions.
 """
 

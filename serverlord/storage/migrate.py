@@ -1,6 +1,6 @@
 """Versioned, idempotent schema migrations from the `sql/` folder.
 
-`sql/catalog/` holds the catalog database's files and `sql/shard/` every shard's. Files
+`sql/catalog/` contains the catalog database's files and `sql/shard/` every shard's. Files
 run in name order, each in its own transaction, and `schema_migrations` records which ran,
 so running the migrator again applies only what is new. An advisory lock makes two
 migrators started at once take turns instead of racing.

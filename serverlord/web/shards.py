@@ -74,7 +74,7 @@ class ShardConnection:
             writer.write(protocol.encode([request_id, op, args]))
             return await asyncio.wait_for(future, self.timeout)
         except TimeoutError:
-            raise ShardUnavailable(self.shard, f"no answer within {self.timeout:g} s") from None
+            raise ShardUnavailable(self.shard, f"no response within {self.timeout:g} s") from None
         finally:
             self._pending.pop(request_id, None)
 
