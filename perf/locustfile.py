@@ -7,7 +7,9 @@ of one interval fire together), runs for a while and reports:
 - a run wrapped in start and finish (`--start-ratio`): `/start`, then after the run
   `/ping/<uuid>` or, on failure, `/fail` or an exit status such as `/2`;
 - a plain run: one ping at the end, success or failure;
-- now and then a `/log` POST with a body of job output (`--log-ratio`).
+- now and then a `/log` POST with a body of job output (`--log-ratio`);
+- no report at all for a missed run (`--miss-ratio`), as when the host is down, so
+  the check goes late and then down at its deadline.
 
 `--fail-ratio` sets the share of runs that fail. `--time-scale` divides every interval
 and run time, so that `--time-scale 60` runs an hourly job once a minute. The checks'
@@ -70,6 +72,14 @@ def add_arguments(parser: Any) -> None:
         "--log-ratio", type=float, default=0.05, help="share of runs that also POST /log"
     )
     group.add_argument(
+        "--miss-ratio", type=float, default=0.0, help="share of runs that send nothing"
+    )
+    group.add_argument(
+        "--channels",
+        default="",
+        help='channels of the created checks, as the API takes them ("*" for all)',
+    )
+    group.add_argument(
         "--max-run-seconds",
         type=float,
         default=30.0,
@@ -125,7 +135,8 @@ class CronHost(FastHttpUser):
         if not self.jobs or self.jobs[0].due > self._now():
             return
         job = heapq.heappop(self.jobs)
-        self._run(job.check_id)
+        if random.random() >= self.options.miss_ratio:
+            self._run(job.check_id)
         # The next run is on the next boundary of the interval, as cron schedules it.
         next_boundary = (math.floor(self._now() / job.period) + 1) * job.period
         heapq.heappush(self.jobs, Job(next_boundary, job.check_id, job.period))
@@ -166,6 +177,8 @@ class CronHost(FastHttpUser):
             "grace": max(1, round(timeout * 0.2)),
             "unique": ["name"],
         }
+        if self.options.channels:
+            body["channels"] = self.options.channels
         with self.client.post(
             "/api/v3/checks/",
             json=body,
