@@ -200,7 +200,7 @@ class TimerWheel(Generic[K]):
         bucket.append(key)
         bucket.live += 1
         if len(bucket) > 2 * bucket.live + _REBUILD_SLACK:
-            bucket[:] = self._live_far_keys(number, bucket)
+            bucket[:] = [entry[2] for entry in self._live_entries(number, bucket)]
 
     def _unlink(self, number: int) -> None:
         """Count one live copy in bucket `number` as stale, after its key moved or left."""
@@ -237,7 +237,7 @@ class TimerWheel(Generic[K]):
         """Push the live keys of far buckets, given with their numbers, into the near heap."""
         moved = []
         for number, bucket in drained:
-            moved.extend(self._near_entries(number, bucket))
+            moved.extend(self._live_entries(number, bucket))
         if not moved:
             return
 
@@ -250,21 +250,21 @@ class TimerWheel(Generic[K]):
             for entry in moved:
                 heapq.heappush(near, entry)
 
-    def _near_entries(self, number: int, bucket: _Bucket[K]) -> list[tuple[float, int, K]]:
-        deadlines = self._deadlines
-        sequence = self._sequence
-        return [
-            (deadlines[key], next(sequence), key) for key in self._live_far_keys(number, bucket)
-        ]
+    def _live_entries(self, number: int, bucket: _Bucket[K]) -> list[tuple[float, int, K]]:
+        """Return a near heap entry for each key whose deadline is in bucket `number`.
 
-    def _live_far_keys(self, number: int, bucket: _Bucket[K]) -> list[K]:
-        """Return each key whose current deadline is in bucket `number`, once."""
+        Each key comes once, even if the bucket has several copies of it. This is
+        the costly part of a drain, so it reads each deadline once.
+        """
         deadlines = self._deadlines
+        origin = self._origin
+        width = self._bucket_seconds
+        sequence = self._sequence
         live = []
         for key in dict.fromkeys(bucket):
             when = deadlines.get(key)
-            if when is not None and self._bucket_of(when) == number:
-                live.append(key)
+            if when is not None and int((when - origin) / width) == number:
+                live.append((when, next(sequence), key))
         return live
 
     def _rebuild_near(self) -> None:
