@@ -26,8 +26,8 @@ The reference scenario of the issue is 10,000 hosts and 100,000 checks:
         -u 10000 -r 200 -t 30m --api-key <rw key> --checks-per-host 10 \\
         --time-scale 60 --csv /tmp/locust --html /tmp/locust.html
 
-NOTE: one Locust process drives a few thousand requests a second at most; use
-`--processes` (or several workers) for more, and keep the load loop on loopback.
+NOTE: one Locust process runs on one CPU core, so on a small machine Locust itself may
+be the bottleneck. Use `--processes` for more load, and keep the target on loopback.
 """
 
 from __future__ import annotations

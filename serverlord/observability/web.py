@@ -9,13 +9,13 @@ shard process in the request's `traceparent` field.
 `GET /metrics` returns the metrics of every process of the server, merged:
 
 - the web worker that serves the scrape collects its own metrics;
-- it asks every shard process with the `metrics` socket operation;
-- it asks every other web worker over that worker's metrics socket. Each worker listens,
-  from its ASGI start-up until its shutdown, on `RUNTIME_DIR/web-metrics/<pid>.sock`
-  and serves the same framed `metrics` request as a shard process. A socket that
-  refuses connections belongs to a worker that is gone, and the scrape deletes it.
+- it sends the `metrics` socket operation to every shard process;
+- it sends the same request to every other web worker, over that worker's metrics
+  socket. Each worker listens, from its ASGI start-up until its shutdown, on
+  `RUNTIME_DIR/web-metrics/<pid>.sock`. A socket that refuses connections belongs to a
+  worker that is gone, and the scrape deletes it.
 
-Web workers' series are added up (they have no label that tells them apart), while
+Web workers' series are added up (they have no label that distinguishes them), while
 shard processes' series carry `shard`. `serverlord_shard_up` and
 `serverlord_web_workers` say which processes responded, so a missing process shows as a
 gap instead of silently lower totals.
