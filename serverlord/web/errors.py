@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = 2
 
 
+def loggable_path(path: str) -> str:
+    """Return the path without the parts that are secrets: ping keys and check UUIDs.
+
+    Anyone who knows a ping URL can ping the check, so ping paths are cut to their prefix,
+    and /b/ and /badge/ paths carry badge keys.
+    """
+    for prefix in ("/ping/", "/b/", "/badge/", "/projects/"):
+        if path.startswith(prefix):
+            return prefix + "…"
+    return path
+
+
 def bad_request(message: str) -> falcon.HTTPBadRequest:
     return falcon.HTTPBadRequest(title="Bad Request", description=message)
 
@@ -43,7 +55,7 @@ async def handle_http_error(
 async def handle_shard_unavailable(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: ShardUnavailable, params: Any
 ) -> None:
-    log.warning("%s %s answered 503: %s", req.method, req.path, exc)
+    log.warning("%s %s returned 503: %s", req.method, loggable_path(req.path), exc)
     json_error(resp, 503, f"temporarily unavailable ({exc.reason}); retry shortly")
     resp.set_header("Retry-After", str(RETRY_AFTER))
 
@@ -51,7 +63,7 @@ async def handle_shard_unavailable(
 async def handle_unexpected(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
 ) -> None:
-    log.exception("unexpected error on %s %s", req.method, req.path)
+    log.exception("unexpected error on %s %s", req.method, loggable_path(req.path))
     json_error(resp, 500, "internal server error")
 
 
