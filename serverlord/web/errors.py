@@ -8,6 +8,7 @@ expected form. An exception nobody expected is logged with its traceback and bec
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import falcon
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = 2
 
 
+_UUID_RE = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
+)
+
+
 def loggable_path(path: str) -> str:
     """Return the path without the parts that are secrets: ping keys and check UUIDs.
 
@@ -31,7 +37,7 @@ def loggable_path(path: str) -> str:
     for prefix in ("/ping/", "/b/", "/badge/", "/projects/"):
         if path.startswith(prefix):
             return prefix + "…"
-    return path
+    return _UUID_RE.sub("<uuid>", path)
 
 
 def bad_request(message: str) -> falcon.HTTPBadRequest:
