@@ -31,5 +31,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The standard benchmark set; rewrites its table in docs/benchmarks.md. BENCH_ARGS=--quick
+# runs smaller, shorter versions. The HTTP ceilings need wrk and nginx (Debian packages).
+bench: $(STAMP)
+	$(BIN)/python perf/bench_all.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,205 @@
+"""Run the standard benchmark set and rewrite its table in docs/benchmarks.md.
+
+`make bench` runs this. Each benchmark runs as its own process, one after the other, so
+they never compete for the two cores. The table between the `bench:begin` and
+`bench:end` markers of docs/benchmarks.md is replaced; the rest of the page is kept.
+
+Usage: python perf/bench_all.py [--quick] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "benchmarks.md"
+BEGIN = "<!-- bench:begin -->"
+END = "<!-- bench:end -->"
+
+Row = tuple[str, str, str, str]
+"""(figure, result, ceiling or target, ratio)."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    command: list[str]
+    quick: list[str]
+    rows: Callable[[dict[str, Any]], list[Row]]
+
+
+def _detection_rows(data: dict[str, Any]) -> list[Row]:
+    steady, burst = data["steady"], data["burst"]
+    per_check = data.get("shard_bytes_per_check")
+    return [
+        (
+            "detection latency, steady p50 / p99 / max",
+            f"{steady.get('p50_ms')} / {steady.get('p99_ms')} / {steady.get('max_ms')} ms",
+            "p99 < 50 ms, max < 250 ms",
+            _ratio(steady.get("p99_ms"), 50.0),
+        ),
+        (
+            "detection latency, burst p50 / p99 / max",
+            f"{burst.get('p50_ms')} / {burst.get('p99_ms')} / {burst.get('max_ms')} ms",
+            "",
+            "",
+        ),
+        ("shard load time", f"{max(data.get('shard_load_s') or [0])} s", "< 5 s at 250k", ""),
+        ("shard RSS per check (raw)", f"{per_check} B", "< 600 B", _ratio(per_check, 600.0)),
+    ]
+
+
+def _alert_rows(data: dict[str, Any]) -> list[Row]:
+    steady = data["steady"]
+    return [
+        (
+            "deadline to webhook, steady p50 / p99 / max",
+            f"{steady.get('p50_ms')} / {steady.get('p99_ms')} / {steady.get('max_ms')} ms",
+            "p99 < 100 ms",
+            _ratio(steady.get("p99_ms"), 100.0),
+        ),
+        (
+            "burst fully delivered after",
+            f"{data.get('burst_complete_after_s')} s",
+            "< 10 s",
+            _ratio(data.get("burst_complete_after_s"), 10.0),
+        ),
+    ]
+
+
+def _soak_rows(data: dict[str, Any]) -> list[Row]:
+    worst = max(data["growth_mib"].values(), default=0.0)
+    return [
+        (
+            f"soak {int(data['duration_s'])} s at {data['rate']:g}/s, worst RSS growth",
+            f"{worst} MiB ({data['failed']} failed of {data['sent']})",
+            f"<= {data['bound_mib']} MiB",
+            _ratio(worst, data["bound_mib"]),
+        ),
+    ]
+
+
+def _ratio(value: Any, reference: float) -> str:
+    if not isinstance(value, int | float) or reference == 0:
+        return ""
+    return f"{value / reference:.2f}x"
+
+
+BENCHMARKS = [
+    Benchmark(
+        "detection",
+        ["perf/bench_detection.py", "--checks", "100000", "--shards", "4", "--rate", "2000"],
+        [
+            "perf/bench_detection.py",
+            "--checks",
+            "20000",
+            "--due",
+            "2000",
+            "--burst",
+            "2000",
+            "--window",
+            "10",
+            "--rate",
+            "500",
+        ],
+        _detection_rows,
+    ),
+    Benchmark(
+        "alerts",
+        ["perf/bench_alert_latency.py", "--checks", "100000", "--due", "5000", "--burst", "10000"],
+        [
+            "perf/bench_alert_latency.py",
+            "--checks",
+            "20000",
+            "--due",
+            "1000",
+            "--burst",
+            "2000",
+            "--window",
+            "10",
+            "--drain",
+            "10",
+            "--startup-margin",
+            "25",
+        ],
+        _alert_rows,
+    ),
+    Benchmark(
+        "soak",
+        ["perf/soak.py", "--duration", "3600", "--rate", "500"],
+        ["perf/soak.py", "--duration", "120", "--rate", "300", "--sample", "20", "--warmup", "40"],
+        _soak_rows,
+    ),
+]
+
+
+def run_one(benchmark: Benchmark, quick: bool) -> tuple[str, list[Row]]:
+    command = [sys.executable, *(benchmark.quick if quick else benchmark.command)]
+    shown = "python " + " ".join(command[1:])
+    started = time.monotonic()
+    finished = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=7200, check=False
+    )
+    seconds = time.monotonic() - started
+    if finished.returncode != 0:
+        tail = finished.stderr.strip().splitlines()[-1:] or ["no output"]
+        return shown, [(benchmark.name, f"failed after {seconds:.0f} s: {tail[0]}", "", "")]
+    return shown, benchmark.rows(json.loads(finished.stdout))
+
+
+def render(results: list[tuple[Benchmark, str, list[Row]]]) -> str:
+    machine = f"{os.cpu_count()} cores, {platform.machine()}, shared and noisy"
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        BEGIN,
+        f"Generated by `make bench` on {date}; machine: {machine}.",
+        "",
+        "| figure | command | result | ceiling or target | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for _benchmark, command, rows in results:
+        for figure, result, ceiling, ratio in rows:
+            lines.append(f"| {figure} | `{command}` | {result} | {ceiling} | {ratio} |")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_page(table: str) -> None:
+    text = PAGE.read_text() if PAGE.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + table + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Standard set\n\n" + table + "\n"
+    PAGE.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller, shorter runs")
+    parser.add_argument("--only", nargs="*", help="benchmark names to run")
+    args = parser.parse_args()
+    selected = [b for b in BENCHMARKS if not args.only or b.name in args.only]
+    results = []
+    for benchmark in selected:
+        print(f"running {benchmark.name} ...", file=sys.stderr, flush=True)
+        command, rows = run_one(benchmark, args.quick)
+        results.append((benchmark, command, rows))
+    write_page(render(results))
+    print(f"updated {PAGE.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
