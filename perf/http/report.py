@@ -27,6 +27,13 @@ class Visit:
     # None when the target's processes are unknown (an external target without --target-pid).
     cpu_seconds: float | None
     elapsed_seconds: float
+    # Responses outside 2xx and 3xx, also counted in `errors`.
+    non_2xx: int = 0
+    # CPU seconds of each root pid's process tree. They add up to `cpu_seconds`.
+    cpu_seconds_by_root: dict[int, float] | None = None
+    # Responses and non-2xx responses of the unmeasured warm-up run before this visit.
+    warmup_requests: int = 0
+    warmup_non_2xx: int = 0
 
     @property
     def cpu_us_per_request(self) -> float | None:

@@ -175,7 +175,8 @@ def parse_args() -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=PID",
-        help="root pid of an external target's process tree, for its CPU figures",
+        help="root pid of an external target's process tree, for its CPU figures. Repeat "
+        "it to add trees, such as the server's database",
     )
 
     output = parser.add_argument_group("output")
@@ -244,12 +245,12 @@ def select_targets(args: argparse.Namespace) -> list[Target]:
 def parse_external_targets(
     specs: list[str], pid_specs: list[str], taken: list[str]
 ) -> list[ExternalTarget]:
-    pids: dict[str, int] = {}
+    pids: dict[str, list[int]] = {}
     for spec in pid_specs:
         name, _, pid = spec.partition("=")
         if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
             sys.exit(f"--target-pid {spec}: expected NAME=PID of a running process")
-        pids[name] = int(pid)
+        pids.setdefault(name, []).append(int(pid))
 
     targets: list[ExternalTarget] = []
     for spec in specs:
@@ -262,7 +263,7 @@ def parse_external_targets(
             split_loopback_url(url)
         except TargetError as error:
             sys.exit(f"--target {spec}: {error}")
-        targets.append(ExternalTarget(name, url, pids.pop(name, None), f"external, {url}"))
+        targets.append(ExternalTarget(name, url, tuple(pids.pop(name, [])), f"external, {url}"))
 
     if pids:
         sys.exit(f"--target-pid: no --target named {', '.join(pids)}")
@@ -388,13 +389,17 @@ def visit_target(
     with start_target(target, servers, workdir) as running:
         # The warm-up lets each worker import lazily loaded code and open its shard
         # connection before the measured run.
+        warmup = None
         if load.warmup_seconds > 0:
-            run_wrk(running.url, load, load.warmup_seconds)
+            warmup = run_wrk(running.url, load, load.warmup_seconds)
 
-        before = snapshot_cpu_ticks(running.root_pids)
+        before = {root: snapshot_cpu_ticks([root]) for root in running.root_pids}
         report = run_wrk(running.url, load, load.duration_seconds)
-        after = snapshot_cpu_ticks(running.root_pids)
+        after = {root: snapshot_cpu_ticks([root]) for root in running.root_pids}
 
+    # NOTE: a process inside two of the trees would be counted twice. The roots are
+    # meant to be separate programs, such as a server and its database.
+    cpu_by_root = {root: cpu_seconds_between(before[root], after[root]) for root in after}
     return Visit(
         target=target.name,
         round=round_number,
@@ -403,8 +408,12 @@ def visit_target(
         p50_ms=report.p50_ms,
         p99_ms=report.p99_ms,
         errors=report.errors,
-        cpu_seconds=cpu_seconds_between(before, after) if running.root_pids else None,
+        cpu_seconds=sum(cpu_by_root.values()) if running.root_pids else None,
         elapsed_seconds=report.elapsed_seconds,
+        non_2xx=report.non_2xx,
+        cpu_seconds_by_root=cpu_by_root or None,
+        warmup_requests=0 if warmup is None else warmup.requests,
+        warmup_non_2xx=0 if warmup is None else warmup.non_2xx,
     )
 
 

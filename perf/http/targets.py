@@ -71,8 +71,9 @@ class ExternalTarget:
 
     name: str
     url: str
-    # Root of its process tree, for the CPU figures. None leaves the CPU columns empty.
-    pid: int | None
+    # Roots of the process trees charged with its CPU time, such as the server and its
+    # database. Empty leaves the CPU columns empty.
+    pids: tuple[int, ...]
     description: str
 
 
@@ -93,7 +94,7 @@ def start_target(
     """Start `target`, wait until it responds to a ping, and stop it on exit."""
     if isinstance(target, ExternalTarget):
         wait_until_ready(target.url, None, settings.startup_timeout_seconds)
-        yield RunningTarget(url=target.url, root_pids=[] if target.pid is None else [target.pid])
+        yield RunningTarget(url=target.url, root_pids=list(target.pids))
         return
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,8 @@ class WrkReport:
     p99_ms: float
     # Socket errors (connect, read, write, timeout) plus responses outside 2xx and 3xx.
     errors: int
+    # Responses outside 2xx and 3xx, also counted in `errors`.
+    non_2xx: int
 
 
 def run_wrk(url: str, settings: LoadSettings, duration_seconds: int) -> WrkReport:
@@ -103,7 +105,8 @@ def parse_wrk_report(text: str) -> WrkReport:
     socket_errors = SOCKET_ERRORS_PATTERN.search(text)
     non_2xx = NON_2XX_PATTERN.search(text)
     errors = sum(int(count) for count in socket_errors.groups()) if socket_errors else 0
-    errors += int(non_2xx.group(1)) if non_2xx else 0
+    non_2xx_count = int(non_2xx.group(1)) if non_2xx else 0
+    errors += non_2xx_count
 
     elapsed_value, elapsed_unit = requests_match.group(2), requests_match.group(3)
     return WrkReport(
@@ -113,6 +116,7 @@ def parse_wrk_report(text: str) -> WrkReport:
         p50_ms=parse_percentile_ms(text, "50"),
         p99_ms=parse_percentile_ms(text, "99"),
         errors=errors,
+        non_2xx=non_2xx_count,
     )
 
 
