@@ -95,7 +95,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             failed += result.failed + sum(
                 count for status, count in result.statuses.items() if status >= 300
             )
-            samples.append({"t": round(time.monotonic() - started), "rss_mib": sample(process.pid)})
+            entry = {
+                "t": round(time.monotonic() - started),
+                "rss_mib": sample(process.pid),
+                "sent": sent,
+                "failed": failed,
+            }
+            samples.append(entry)
+            # One line per slice on stderr, so a cut-short run still leaves its samples.
+            print(json.dumps(entry), file=sys.stderr, flush=True)
         return summarize(args, samples, sent, ok, failed)
     finally:
         if process is not None and process.poll() is None:
