@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -141,6 +142,10 @@ class ShardProcess:
             await service.load()
         except psycopg.errors.UndefinedTable as exc:
             raise BootError(f"the shard database is not migrated: {exc}") from exc
+        # The loaded checks live as long as the process: moving them out of the collector's
+        # generations spares every later collection a walk over hundreds of thousands of
+        # objects.
+        gc.freeze()
         ApiOps(service).install()
         telemetry = ShardTelemetry.install(service)
         settings = from_env()

@@ -38,6 +38,14 @@ from serverlord.shardproc.writer import (
 log = logging.getLogger(__name__)
 
 Response = tuple[int, Any]
+# The columns a check in memory is built from; the descriptive ones stay in the database.
+LOAD_COLUMNS = (
+    "SELECT id, project_id, slug, kind, timeout_s, grace_s, schedule, tz, max_runtime_s,"
+    " manual_resume, methods, status, last_ping, last_start, last_start_rid,"
+    " last_duration_s, n_pings, alert_after, recover_after, reminder_s, late_notice"
+    " FROM checks"
+)
+
 # Per-check alert policy columns that create and update accept.
 POLICY_FIELDS = ("alert_after", "recover_after", "reminder_s", "late_notice")
 OpHandler = Callable[[dict[str, Any]], Awaitable[Response]]
@@ -94,16 +102,20 @@ class ShardService:
     async def load(self) -> int:
         """Load every check of the shard into memory and arm its deadline."""
         started = time.monotonic()
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute("SELECT * FROM checks")
-            while rows := await cursor.fetchmany(10_000):
-                for row in rows:
-                    check = check_from_row(row)
-                    if check is not None:
-                        alerts.set_config(check, alerts.policy_config(row))
-                        alerts.restore(check, self.booted_at)
-                        self.checks[check.id] = check
-                        self.rearm(check)
+        # A server-side cursor streams the rows in small pages: reading a quarter of a
+        # million rows at once would leave the process hundreds of MiB larger for good.
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor(name="load_checks", row_factory=dict_row)
+            cursor.itersize = 2000
+            await cursor.execute(LOAD_COLUMNS)
+            async for row in cursor:
+                check = check_from_row(row)
+                if check is not None:
+                    alerts.set_config(check, alerts.policy_config(row))
+                    alerts.restore(check, self.booted_at)
+                    self.checks[check.id] = check
+                    self.rearm(check)
+            await cursor.close()
         log.info(
             "shard %d loaded %d checks in %.2f s",
             self.shard,
@@ -131,8 +143,18 @@ class ShardService:
     async def reload_stale(self) -> None:
         """Reload checks whose last commit failed, retrying until the database is reachable."""
         delay = 0.1
+        # Time to wait before reloading again after a reload. A commit that fails the same
+        # way every time (a bad statement, a full disk) would otherwise make each reloaded
+        # check fire and fail again at once, in a hot loop.
+        pause = 0.0
+        transactions_at_reload = self.writer.transactions
         while True:
             await self._reload_wakeup.wait()
+            if self.writer.transactions > transactions_at_reload:
+                pause = 0.0  # commits succeed again
+            await asyncio.sleep(pause)
+            pause = min(max(pause * 2, 0.1), 30.0)
+            transactions_at_reload = self.writer.transactions
             ids = list(self.stale)
             try:
                 rows = await self._fetch_checks(ids)
@@ -248,7 +270,8 @@ class ShardService:
         self.rearm(check)
         waiter = self.writer.flip(flip, events)
         waiter.add_done_callback(_log_flip_failure)
-        log.info("check %s went down at its deadline %.3f (%s)", check.id, deadline, reason)
+        # DEBUG, not INFO: a burst of thousands of flips would otherwise cost a log line each.
+        log.debug("check %s went down at its deadline %.3f (%s)", check.id, deadline, reason)
 
     def _on_alert_timer(self, check: Check, suffix: str, when: float) -> None:
         events = self.alerts.on_timer(check, suffix, when)

@@ -86,6 +86,8 @@ class Batch:
     deleted: set[str] = field(default_factory=set)
     alerts: list[AlertEvent] = field(default_factory=list)
     cancel_held: set[str] = field(default_factory=set)
+    alerts_inserted: int = 0
+    """Notification rows the transaction inserted; the deliverer is woken only for some."""
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -243,7 +245,7 @@ class Writer:
         self.changes += len(batch)
         if self.on_commit is not None:
             self.on_commit(batch, started, None)
-        if batch.alerts and self.on_alerts_committed is not None:
+        if batch.alerts_inserted and self.on_alerts_committed is not None:
             self.on_alerts_committed()
         for waiter in batch.waiters:
             if not waiter.done():
@@ -356,7 +358,7 @@ async def _write(
             )
 
         if batch.alerts:
-            await _insert_alerts(cursor, batch.alerts)
+            batch.alerts_inserted = await _insert_alerts(cursor, batch.alerts)
 
         # After the inserts, so that a held notice queued in this same batch is cancelled.
         if batch.cancel_held:
@@ -396,7 +398,8 @@ ON CONFLICT (id) DO NOTHING
 """
 
 
-async def _insert_alerts(cursor: psycopg.AsyncCursor[Any], alerts: list[AlertEvent]) -> None:
+async def _insert_alerts(cursor: psycopg.AsyncCursor[Any], alerts: list[AlertEvent]) -> int:
+    """Insert the notifications of `alerts`; return how many rows that made."""
     rows = []
     for alert in alerts:
         text = None
@@ -420,6 +423,7 @@ async def _insert_alerts(cursor: psycopg.AsyncCursor[Any], alerts: list[AlertEve
             )
         )
     await cursor.execute(INSERT_ALERTS, [list(column) for column in zip(*rows, strict=True)])
+    return max(cursor.rowcount, 0)
 
 
 async def _copy_pings(cursor: psycopg.AsyncCursor[Any], pings: list[PingRow]) -> None:
