@@ -33,8 +33,8 @@ K = TypeVar("K", bound=Hashable)
 
 BUCKET_TICKS = 1 << 16
 
-# Rebuild a list once its stale copies outnumber live keys by this much more than
-# two to one. The slack keeps small lists from being rebuilt on every change.
+# A far bucket or the near heap is rebuilt once its stale copies outnumber its live
+# ones by more than this, so that small lists are not rebuilt on every change.
 _REBUILD_SLACK = 64
 
 
@@ -75,7 +75,7 @@ class TimerWheel(Generic[K]):
         # them go to the near heap until the cursor passes them.
         self._ahead: set[int] = set()
         self._far: dict[int, _Bucket[K]] = {}
-        # Numbers of the buckets in _far, as a heap. It may also hold numbers of
+        # Numbers of the buckets in _far, as a heap. It may also contain numbers of
         # buckets that were emptied and deleted.
         self._far_order: list[int] = []
 
