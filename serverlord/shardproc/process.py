@@ -144,7 +144,8 @@ class ShardProcess:
             raise BootError(f"the shard database is not migrated: {exc}") from exc
         # The loaded checks live as long as the process: moving them out of the collector's
         # generations spares every later collection a walk over hundreds of thousands of
-        # objects.
+        # objects. Collecting first keeps the garbage of the load out of the frozen set.
+        gc.collect()
         gc.freeze()
         ApiOps(service).install()
         telemetry = ShardTelemetry.install(service)
