@@ -83,7 +83,7 @@ def test_failed_deliveries_log_no_secrets(shard_dsn: str, caplog: pytest.LogCapt
 
     asyncio.run(scenario())
 
-    assert any(record.name == "httpx" for record in caplog.records)
+    assert any(record.name == "serverlord.alerting.webhook" for record in caplog.records)
     assert any(record.name == "apprise" for record in caplog.records)
     for record in caplog.records:
         message = record.getMessage()

@@ -12,6 +12,7 @@ server cannot answer "public" to the check and "private" to the connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -40,10 +41,7 @@ class AddressPolicy:
 
     def is_allowed(self, address: IPAddress) -> bool:
         """Return whether a connection to `address` is permitted."""
-        address = _embedded_ipv4(address) or address
-        if any(address in network for network in self.allowed_networks):
-            return True
-        return address.is_global and not address.is_multicast
+        return _is_allowed(self.allowed_networks, address)
 
     def check_literal(self, host: str) -> None:
         """Raise TargetRejected when `host` is an IP literal that may not be reached.
@@ -66,7 +64,7 @@ class AddressPolicy:
             addresses = [str(literal)]
         else:
             addresses = await (resolver or resolve_host)(host, port)
-        parsed = [ipaddress.ip_address(address) for address in addresses]
+        parsed = [_parse_address(address) for address in addresses]
         rejected = [address for address in parsed if not self.is_allowed(address)]
         if rejected:
             raise TargetRejected(_rejection(host, rejected))
@@ -83,6 +81,22 @@ async def resolve_host(host: str, port: int) -> list[str]:
     return _unique(str(info[4][0]).split("%", 1)[0] for info in infos)
 
 
+# Each webhook try checks its target again, so parsing and checking an address are cached:
+# both depend only on their arguments, and the same few addresses come back every time.
+@functools.lru_cache(maxsize=4096)
+def _is_allowed(allowed_networks: tuple[IPNetwork, ...], address: IPAddress) -> bool:
+    address = _embedded_ipv4(address) or address
+    if any(address in network for network in allowed_networks):
+        return True
+    return address.is_global and not address.is_multicast
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_address(address: str) -> IPAddress:
+    return ipaddress.ip_address(address)
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_ip(host: str) -> IPAddress | None:
     """Parse `host` as an IP literal, with or without IPv6 brackets, or return None."""
     try:
