@@ -1,4 +1,7 @@
-"""A receiver that never responds occupies one send slot and delays no other notification."""
+"""A receiver that never responds occupies one send slot and delays no other notification.
+
+Claims queued behind busy slots are released when the deliverer stops.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +58,41 @@ def test_hanging_channel_does_not_block_others(shard_dsn: str) -> None:
             assert stuck_row["attempts"] == 1
             assert len(hanging.requests) == 1
             assert len(healthy.requests) == 5
+
+    asyncio.run(scenario())
+
+
+def test_queued_claim_released_on_close(shard_dsn: str) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        book = ChannelBook()
+        async with HttpReceiver("hang") as hanging, open_pool(shard_dsn) as pool:
+            channel = book.add("webhook", {"down": {"url": hanging.url()}, "up": None})
+            # Due first, so it is claimed first and takes the only slot.
+            sending = await enqueue_event(pool, [channel], clock.time() - 10, check_id=_check(0))
+            queued = await enqueue_event(pool, [channel], clock.time(), check_id=_check(1))
+            deliverer = Deliverer(pool, clock, book, settings=ALLOW_LOOPBACK, concurrency=1)
+            runner = asyncio.create_task(deliverer.run())
+            await hanging.wait_for_requests(1)
+
+            async def both_claimed() -> bool:
+                row = await fetch_notification(pool, queued[0].id)
+                return row["claim_token"] is not None
+
+            await eventually(both_claimed, "the second notification is claimed too")
+            await deliverer.close()
+            await runner
+
+            sending_row = await fetch_notification(pool, sending[0].id)
+            queued_row = await fetch_notification(pool, queued[0].id)
+            # The cancelled send keeps its claim until the lease expires, because the
+            # receiver may have the request. The queued one was never sent.
+            assert sending_row["claim_token"] is not None
+            assert sending_row["attempts"] == 1
+            assert queued_row["claim_token"] is None
+            assert queued_row["lease_expires"] is None
+            assert queued_row["attempts"] == 0
+            assert len(hanging.requests) == 1
 
     asyncio.run(scenario())
 

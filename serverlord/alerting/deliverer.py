@@ -1,10 +1,18 @@
 """The deliverer: one task per shard process that sends the notifications of its outbox.
 
-`run()` loops: claim due notifications (as many as there are free send slots), send each
-in its own task, record the result, then sleep until the next notification falls due,
-`wake()` is called or `poll_interval` passes. Claims carry a lease. If the process dies
-mid-send, the lease expires and the next deliverer (after a restart) claims the row
-again and sends it with the same event id.
+`run()` loops over rounds. A round is one transaction that stores the results of the
+sends finished since the last round and claims due notifications. It claims enough to
+fill every free send slot and to queue as many again, so that the slots stay busy while
+the next round runs. Each claimed notification is sent in its own task, and its result
+waits in memory for the next round. Storing many results per transaction, as the
+shard's writer does for pings, costs one WAL flush per round instead of two per
+notification. Between rounds the loop sleeps until a send finishes, the next
+notification falls due, `wake()` is called or `poll_interval` passes.
+
+Claims carry a lease, and a notification stays claimed until its result is committed.
+If the process dies mid-send or before the next round, the lease expires and the next
+deliverer (after a restart) claims the row again and sends it with the same event id,
+so every notification is sent at least once.
 
 A failed try that may pass (timeout, 5xx, refused connection) is retried after an
 exponential backoff with jitter: `backoff * 2**(n-1)` seconds after try n, scaled by a
@@ -22,7 +30,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -34,7 +42,7 @@ from serverlord.alerting.apprise_transport import AppriseTransport
 from serverlord.alerting.channels import Channel, ChannelError, ChannelLoader
 from serverlord.alerting.email_transport import EmailTransport
 from serverlord.alerting.notifications import Notification
-from serverlord.alerting.outbox import AttemptRecord
+from serverlord.alerting.outbox import AttemptRecord, NotificationUpdate, UpdateStatus
 from serverlord.alerting.redaction import install_log_redaction, redact_text
 from serverlord.alerting.settings import AlertSettings
 from serverlord.alerting.transports import AttemptResult, Outcome, Transport
@@ -43,11 +51,26 @@ from serverlord.clock import Clock
 
 log = logging.getLogger(__name__)
 
-# Time a claim may take beyond the send timeout: loading the channel and writing the
-# result. A lease shorter than a real send would let a second deliverer send it too.
+# Time a claim may take beyond its sends' timeouts: loading the channel and waiting for
+# the round that stores the result. A lease shorter than a real send would let a second
+# deliverer send it too.
 _LEASE_MARGIN = 60.0
 _MAX_ERROR_LENGTH = 500
 _PRUNE_EVERY = 3600.0
+
+# Errors after which the same transaction may well succeed later: the connection, the
+# server or a lock conflict. Any other database error may come from one stored value.
+_TRANSIENT_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+
+# Claimed notifications waiting for a send slot, per slot. They keep the slots busy
+# while a round runs. A waiting notification starts within one send timeout, as the
+# running sends end, so the default lease covers one send timeout more.
+# NOTE: a queued claim counts an attempt before it is made. If the process dies first,
+# a notification claimed for its last attempt is failed as interrupted, never sent.
+_QUEUED_PER_SLOT = 1
+
+# A finished send: the claimed notification and the result to store for it.
+_Finished = tuple[Notification, NotificationUpdate]
 
 
 def default_transports(settings: AlertSettings, timeout: float) -> dict[str, Transport]:
@@ -93,7 +116,9 @@ class Deliverer:
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._max_backoff = max_backoff
-        self._lease = lease if lease is not None else timeout + _LEASE_MARGIN
+        if lease is None:
+            lease = timeout * (1 + _QUEUED_PER_SLOT) + _LEASE_MARGIN
+        self._lease = lease
         self._poll_interval = poll_interval
         self._retention = retention
         self._transports = dict(
@@ -104,8 +129,18 @@ class Deliverer:
         self._name = "deliverer" if shard is None else f"shard {shard} deliverer"
 
         self._slots = asyncio.Semaphore(concurrency)
+        self._capacity = concurrency * (1 + _QUEUED_PER_SLOT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: list[_Finished] = []
+        # Claims of notifications whose task was cancelled before it could send.
+        self._unsent: list[tuple[uuid.UUID, uuid.UUID]] = []
+        self._round_lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
+        # Whether the next round with a free slot claims before `_next_due`. `wake` sets
+        # it, and so does a claim that filled every slot, because more may be due.
+        self._look = True
+        self._last_look = clock.monotonic()
+        self._next_due: float | None = None
         self._closing = False
         self._run_task: asyncio.Task[Any] | None = None
         self._last_prune: float | None = None
@@ -119,6 +154,7 @@ class Deliverer:
 
     def wake(self) -> None:
         """Make `run` look for due notifications now, e.g. after an enqueue committed."""
+        self._look = True
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -130,7 +166,7 @@ class Deliverer:
             while not self._closing:
                 self._wakeup.clear()
                 try:
-                    next_due = await self._claim_and_start()
+                    await self._store_and_claim()
                     await self._prune_now_and_then()
                 except (psycopg.Error, OSError) as exc:
                     log.warning(
@@ -139,11 +175,20 @@ class Deliverer:
                         delay_after_error,
                         exc,
                     )
-                    await self._sleep(delay_after_error)
-                    delay_after_error = min(delay_after_error * 2, 30.0)
+                except Exception:
+                    # Task boundary: the results of this round are dropped, so their rows
+                    # are sent again when their leases expire, and delivery goes on.
+                    log.exception(
+                        "%s: a delivery round failed, retrying in %.0f s",
+                        self._name,
+                        delay_after_error,
+                    )
+                else:
+                    delay_after_error = 1.0
+                    await self._sleep(self._wait_time())
                     continue
-                delay_after_error = 1.0
-                await self._sleep(self._wait_time(next_due))
+                await self._sleep(delay_after_error)
+                delay_after_error = min(delay_after_error * 2, 30.0)
         except asyncio.CancelledError:
             await self._cancel_sends()
             raise
@@ -153,8 +198,9 @@ class Deliverer:
     async def close(self, grace: float = 0.0) -> None:
         """Stop claiming, give running sends up to `grace` seconds, cancel the rest.
 
-        A cancelled send keeps its lease, so the next deliverer retries it once the lease
-        expires. Waits for `run` to return, then closes the transports.
+        Stores the results of the finished sends. A cancelled send keeps its lease, so
+        the next deliverer retries it once the lease expires. Waits for `run` to return,
+        then closes the transports.
         """
         self._closing = True
         self._wakeup.set()
@@ -164,57 +210,173 @@ class Deliverer:
         run_task = self._run_task
         if run_task is not None and run_task is not asyncio.current_task():
             await asyncio.wait({run_task})
+        await self._store_remaining()
         for transport in self._transports.values():
             await transport.close()
 
     async def deliver_due(self) -> int:
-        """Claim and send everything due now, wait for the results and return the count.
+        """Claim and send everything due now, store the results and return the count.
 
         Tests and tools use it to drive delivery step by step, while `run` does the same
         in a loop. A retry scheduled by this call is due later, so the call always ends.
         """
         total = 0
         while True:
-            async with self._connection() as conn:
-                token = uuid.uuid4()
-                claimed = await outbox.claim(
-                    conn, token, self._clock.time(), self._lease, self._concurrency
-                )
-            if not claimed:
+            self._look = True
+            claimed = await self._store_and_claim()
+            total += claimed
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+            elif claimed == 0 and not self._finished:
                 return total
-            total += len(claimed)
-            await asyncio.gather(*(self._deliver(notification, token) for notification in claimed))
 
-    # -- claiming ----------------------------------------------------------------------
+    # -- rounds ------------------------------------------------------------------------
 
-    async def _claim_and_start(self) -> float | None:
-        """Start sends for as many due notifications as there are free slots.
+    async def _store_and_claim(self) -> int:
+        """Store finished results and claim for free slots in one round; return the claim count.
 
-        Returns when the next notification falls due, or None when none is pending.
+        On a database error the results stay queued for the next round. When the error
+        may come from one stored value, each result is stored on its own instead.
         """
-        free = self._concurrency - len(self._tasks)
+        async with self._round_lock:
+            finished, self._finished = self._finished, []
+            limit = self._claim_limit()
+            if not finished and limit == 0:
+                return 0
+            if limit:
+                self._look = False
+                self._last_look = self._clock.monotonic()
+            token = uuid.uuid4()
+            try:
+                stored_ids, claimed = await self._commit_round(finished, token, limit)
+            except _TRANSIENT_ERRORS:
+                self._finished[:0] = finished
+                self._look = self._look or limit > 0
+                raise
+            except psycopg.Error as exc:
+                self._look = self._look or limit > 0
+                if not finished:
+                    raise
+                stored_ids, finished = await self._store_one_by_one(finished, exc)
+                claimed = []
+
+            self._report(finished, stored_ids)
+            self._note_retries(finished, stored_ids)
+            self._start_sends(claimed, token)
+            if limit and len(claimed) == limit:
+                self._look = True  # more may be due
+            elif limit:
+                # Looked up after the sends started, so that it does not delay them.
+                await self._update_next_due()
+            return len(claimed)
+
+    def _start_sends(self, claimed: Sequence[Notification], token: uuid.UUID) -> None:
+        for notification in claimed:
+            task = asyncio.create_task(self._deliver(notification, token))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    async def _commit_round(
+        self, finished: Sequence[_Finished], token: uuid.UUID, limit: int
+    ) -> tuple[set[uuid.UUID], list[Notification]]:
+        updates = [update for _, update in finished]
+        now = self._clock.time()
         async with self._connection() as conn:
-            if free > 0:
-                token = uuid.uuid4()
-                claimed = await outbox.claim(conn, token, self._clock.time(), self._lease, free)
-                for notification in claimed:
-                    task = asyncio.create_task(self._deliver(notification, token))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._task_done)
-                if len(claimed) == free:
-                    return self._clock.time()  # more may be due: look again at once
-            return await outbox.next_due(conn)
+            return await outbox.store_and_claim(conn, updates, token, now, self._lease, limit)
+
+    async def _update_next_due(self) -> None:
+        try:
+            async with self._connection() as conn:
+                self._next_due = await outbox.next_due(conn)
+        except (psycopg.Error, OSError):
+            self._look = True  # unknown, so the next round looks anyway
+            raise
+
+    def _note_retries(self, finished: Sequence[_Finished], stored_ids: set[uuid.UUID]) -> None:
+        """Move `_next_due` up to the earliest retry that this round stored."""
+        for _, update in finished:
+            if update.status == "pending" and update.notification_id in stored_ids:
+                due = self._next_due
+                self._next_due = update.at if due is None else min(due, update.at)
+
+    async def _store_one_by_one(
+        self, finished: Sequence[_Finished], error: psycopg.Error
+    ) -> tuple[set[uuid.UUID], list[_Finished]]:
+        """Store each result in its own transaction, dropping those that fail.
+
+        Returns the ids of the rows it changed and the results that were processed. On a
+        transient error the rest wait for the next round.
+        """
+        log.warning(
+            "%s could not store %d delivery results together, storing them one by one: %s",
+            self._name,
+            len(finished),
+            error,
+        )
+        stored_ids: set[uuid.UUID] = set()
+        processed: list[_Finished] = []
+        for index, (notification, update) in enumerate(finished):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    stored_ids |= await outbox.store_results(conn, [update])
+            except _TRANSIENT_ERRORS:
+                self._finished[:0] = finished[index:]
+                break
+            except psycopg.Error as exc:
+                # The row keeps its claim, so it is sent again once the lease expires.
+                log.error(
+                    "%s: storing the result of notification %s (channel %s) failed, it will"
+                    " be sent again after its lease: %s",
+                    self._name,
+                    notification.id,
+                    notification.channel_id,
+                    exc,
+                )
+                continue
+            processed.append((notification, update))
+        return stored_ids, processed
+
+    async def _store_remaining(self) -> None:
+        """Store the results of finished sends and release the claims never sent."""
+        count = len(self._finished) + len(self._unsent)
+        if not count:
+            return
+        try:
+            await self._store_and_claim()
+            async with self._connection() as conn:
+                await outbox.release(conn, self._unsent)
+            self._unsent = []
+        except (psycopg.Error, OSError) as exc:
+            log.warning(
+                "%s could not store %d delivery results and unsent claims before stopping,"
+                " so those notifications are sent again after their leases expire: %s",
+                self._name,
+                count,
+                exc,
+            )
+
+    def _claim_limit(self) -> int:
+        """Return how many notifications this round claims: 0 unless it should look."""
+        free = self._capacity - len(self._tasks)
+        if self._closing or free <= 0:
+            return 0
+        now = self._clock.monotonic()
+        due = self._next_due is not None and self._clock.time() >= self._next_due
+        if self._look or due or now - self._last_look >= self._poll_interval:
+            return free
+        return 0
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._wakeup.set()
 
-    def _wait_time(self, next_due: float | None) -> float:
-        if len(self._tasks) >= self._concurrency:
-            return self._poll_interval  # a finishing send sets the wakeup
-        if next_due is None:
-            return self._poll_interval
-        return max(0.0, min(self._poll_interval, next_due - self._clock.time()))
+    def _wait_time(self) -> float:
+        free = self._capacity - len(self._tasks)
+        if self._finished or (free > 0 and self._look):
+            return 0.0
+        if free <= 0 or self._next_due is None:
+            return self._poll_interval  # a finishing send or `wake` sets the wakeup
+        return max(0.0, min(self._poll_interval, self._next_due - self._clock.time()))
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -239,35 +401,105 @@ class Deliverer:
         if deleted:
             log.info("%s pruned %d finished notifications", self._name, deleted)
 
-    # -- sending -----------------------------------------------------------------------
+    # -- reporting ---------------------------------------------------------------------
 
-    async def _deliver(self, notification: Notification, token: uuid.UUID) -> None:
-        """Send one claimed notification and store the result, logging any error (task boundary)."""
-        async with self._slots:
-            try:
-                await self._deliver_claimed(notification, token)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The row keeps its lease and is retried when it expires, so one bad
-                # row or a database hiccup cannot stop the other deliveries.
-                log.exception(
-                    "%s: delivering notification %s (check %s, channel %s) failed",
+    def _report(self, finished: Sequence[_Finished], stored_ids: set[uuid.UUID]) -> None:
+        """Count and log the results that a round stored."""
+        for notification, update in finished:
+            if update.status == "sent":
+                self.sent += 1
+                log.info(
+                    "%s sent %s notification %s for check %s to channel %s (attempt %d)",
                     self._name,
+                    notification.kind,
                     notification.id,
                     notification.check_id,
                     notification.channel_id,
+                    notification.attempts,
                 )
+            elif update.status == "skipped":
+                self.skipped += 1
+            elif update.status == "pending":
+                self.retried += 1
+                self._log_retry(notification, update)
+            else:
+                self.failed += 1
+                log.error(
+                    "%s: %s notification %s for check %s to channel %s failed for good after"
+                    " attempt %d: %s",
+                    self._name,
+                    notification.kind,
+                    notification.id,
+                    notification.check_id,
+                    notification.channel_id,
+                    notification.attempts,
+                    update.error,
+                )
+            if update.notification_id not in stored_ids:
+                self._log_lost_claim(notification)
 
-    async def _deliver_claimed(self, notification: Notification, token: uuid.UUID) -> None:
+    def _log_retry(self, notification: Notification, update: NotificationUpdate) -> None:
+        log.warning(
+            "%s: %s notification %s for check %s to channel %s failed on attempt %d of %d,"
+            " retrying in %.1f s: %s",
+            self._name,
+            notification.kind,
+            notification.id,
+            notification.check_id,
+            notification.channel_id,
+            notification.attempts,
+            self._max_attempts,
+            max(0.0, update.at - self._clock.time()),
+            update.error,
+        )
+
+    def _log_lost_claim(self, notification: Notification) -> None:
+        log.warning(
+            "%s: the claim on notification %s (channel %s) expired before its result was"
+            " stored, so another deliverer owns it now",
+            self._name,
+            notification.id,
+            notification.channel_id,
+        )
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _deliver(self, notification: Notification, token: uuid.UUID) -> None:
+        """Send one claimed notification and queue its result, logging any error (task boundary)."""
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError:
+            self._unsent.append((notification.id, token))
+            raise
+        try:
+            update = await self._deliver_claimed(notification, token)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The row keeps its lease and is retried when it expires, so one bad row
+            # cannot stop the other deliveries.
+            log.exception(
+                "%s: delivering notification %s (check %s, channel %s) failed",
+                self._name,
+                notification.id,
+                notification.check_id,
+                notification.channel_id,
+            )
+            return
+        finally:
+            self._slots.release()
+        self._finished.append((notification, update))
+        self._wakeup.set()
+
+    async def _deliver_claimed(
+        self, notification: Notification, token: uuid.UUID
+    ) -> NotificationUpdate:
+        """Make one try and return the update that records it."""
         if notification.attempts > self._max_attempts:
             # The previous claim was the last attempt and never reported back: its
             # process died while sending.
-            result = AttemptResult(
-                Outcome.FAILED, error="the last attempt was interrupted by a stopped process"
-            )
-            await self._give_up(notification, token, result, None)
-            return
+            error = "the last attempt was interrupted by a stopped process"
+            return self._update(notification, token, "failed", self._clock.time(), error, None)
 
         started = self._clock.time()
         started_monotonic = self._clock.monotonic()
@@ -275,26 +507,36 @@ class Deliverer:
         duration = self._clock.monotonic() - started_monotonic
         result = _scrubbed(result, [] if channel is None else channel.secrets())
         record = AttemptRecord(notification.id, notification.attempts, started, duration, result)
+        now = self._clock.time()
 
         if result.outcome is Outcome.SENT:
-            await self._finish(notification, token, "sent", result, record)
-            self.sent += 1
-            log.info(
-                "%s sent %s notification %s for check %s to channel %s (attempt %d)",
-                self._name,
-                notification.kind,
-                notification.id,
-                notification.check_id,
-                notification.channel_id,
+            return self._update(notification, token, "sent", now, result.error, record)
+        if result.outcome is Outcome.SKIPPED:
+            return self._update(notification, token, "skipped", now, result.error, None)
+        if result.retryable and notification.attempts < self._max_attempts:
+            delay = retry_delay(
                 notification.attempts,
+                self._backoff,
+                self._max_backoff,
+                self._rng,
+                result.retry_after,
             )
-        elif result.outcome is Outcome.SKIPPED:
-            await self._finish(notification, token, "skipped", result, None)
-            self.skipped += 1
-        elif result.retryable and notification.attempts < self._max_attempts:
-            await self._retry_later(notification, token, result, record)
-        else:
-            await self._give_up(notification, token, result, record)
+            return self._update(notification, token, "pending", now + delay, result.error, record)
+        error = result.error or result.outcome.value
+        return self._update(notification, token, "failed", now, error, record)
+
+    @staticmethod
+    def _update(
+        notification: Notification,
+        token: uuid.UUID,
+        status: UpdateStatus,
+        at: float,
+        error: str | None,
+        record: AttemptRecord | None,
+    ) -> NotificationUpdate:
+        return NotificationUpdate(
+            notification.id, notification.channel_id, token, status, at, error, record
+        )
 
     async def _attempt(self, notification: Notification) -> tuple[Channel | None, AttemptResult]:
         try:
@@ -318,94 +560,6 @@ class Deliverer:
             return channel, AttemptResult(
                 Outcome.TIMEOUT, error=f"no answer within {self._timeout:g} s"
             )
-
-    async def _retry_later(
-        self,
-        notification: Notification,
-        token: uuid.UUID,
-        result: AttemptResult,
-        record: AttemptRecord,
-    ) -> None:
-        delay = retry_delay(
-            notification.attempts, self._backoff, self._max_backoff, self._rng, result.retry_after
-        )
-        due = self._clock.time() + delay
-        async with self._connection() as conn:
-            claim_held = await outbox.reschedule(
-                conn, notification.id, token, due, result.error, record
-            )
-        self.retried += 1
-        log.warning(
-            "%s: %s notification %s for check %s to channel %s failed on attempt %d of %d,"
-            " retrying in %.1f s: %s",
-            self._name,
-            notification.kind,
-            notification.id,
-            notification.check_id,
-            notification.channel_id,
-            notification.attempts,
-            self._max_attempts,
-            delay,
-            result.error,
-        )
-        if not claim_held:
-            self._log_lost_claim(notification)
-
-    async def _give_up(
-        self,
-        notification: Notification,
-        token: uuid.UUID,
-        result: AttemptResult,
-        record: AttemptRecord | None,
-    ) -> None:
-        error = result.error or result.outcome.value
-        now = self._clock.time()
-        async with self._connection() as conn, conn.transaction():
-            claim_held = await outbox.finish(
-                conn, notification.id, token, "failed", now, error, record
-            )
-            if claim_held:
-                await outbox.record_channel_failure(
-                    conn, notification.channel_id, notification.id, now, error
-                )
-        self.failed += 1
-        log.error(
-            "%s: %s notification %s for check %s to channel %s failed for good after"
-            " attempt %d: %s",
-            self._name,
-            notification.kind,
-            notification.id,
-            notification.check_id,
-            notification.channel_id,
-            notification.attempts,
-            error,
-        )
-        if not claim_held:
-            self._log_lost_claim(notification)
-
-    async def _finish(
-        self,
-        notification: Notification,
-        token: uuid.UUID,
-        status: str,
-        result: AttemptResult,
-        record: AttemptRecord | None,
-    ) -> None:
-        async with self._connection() as conn:
-            claim_held = await outbox.finish(
-                conn, notification.id, token, status, self._clock.time(), result.error, record
-            )
-        if not claim_held:
-            self._log_lost_claim(notification)
-
-    def _log_lost_claim(self, notification: Notification) -> None:
-        log.warning(
-            "%s: the claim on notification %s (channel %s) expired before its result was"
-            " stored, so another deliverer owns it now",
-            self._name,
-            notification.id,
-            notification.channel_id,
-        )
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -431,8 +585,13 @@ def retry_delay(
 
 
 def _scrubbed(result: AttemptResult, secrets: list[str]) -> AttemptResult:
-    """Return `result` with `secrets` and URL paths removed from its error."""
+    """Return `result` with `secrets` and URL paths removed from its error.
+
+    NUL characters become U+FFFD and lone surrogates "?", because PostgreSQL text cannot
+    store them and one such error would fail the whole round that stores it.
+    """
     if result.error is None:
         return result
-    error = redact_text(result.error, secrets)[:_MAX_ERROR_LENGTH]
+    error = redact_text(result.error, secrets)[:_MAX_ERROR_LENGTH].replace("\x00", "\ufffd")
+    error = error.encode("utf-8", "replace").decode("utf-8")
     return AttemptResult(result.outcome, result.status_code, error, result.retry_after)

@@ -1,8 +1,10 @@
 """SQL of the alert outbox: enqueue in the event's transaction, claim, finish, prune.
 
-Every change to a claimed row is one conditional UPDATE on its claim token, so a
-deliverer whose lease expired and whose row another deliverer took cannot overwrite the
-newer claim's result.
+Every change to a claimed row is conditional on its claim token, so a deliverer whose
+lease expired and whose row another deliverer took cannot overwrite the newer claim's
+result. The deliverer stores the results of many sends with one statement and claims
+the next notifications in the same transaction (`store_and_claim`), so one round trip
+and one WAL flush cover them all.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import orjson
 import psycopg
@@ -44,6 +46,62 @@ RETURNING n.id, n.check_id, n.channel_id, n.kind, n.payload, n.created, n.attemp
 """
 
 
+# Stores a batch of results in one statement: each claimed row's new status or retry
+# time, an attempt record per try, and one more failure per channel for each
+# notification that failed for good. Only rows whose claim token still matches are
+# changed, only their attempts and failures are written, and the statement returns
+# their ids. The channel failures are summed per channel first, because PostgreSQL
+# rejects an upsert that changes one row twice.
+_STORE_RESULTS_SQL = """
+WITH result AS (
+    SELECT r.id, r.token, r.channel_id, r.status, to_timestamp(r.at) AS at, r.error,
+        r.attempt, to_timestamp(r.started) AS started, r.duration_s, r.outcome,
+        r.status_code, r.attempt_error
+    FROM jsonb_to_recordset(%s::jsonb) AS r(
+        id uuid, token uuid, channel_id uuid, status text, at float8, error text,
+        attempt int, started float8, duration_s float8, outcome text, status_code int,
+        attempt_error text)
+),
+stored AS (
+    UPDATE notifications AS n
+    SET status = r.status,
+        finished = CASE WHEN r.status = 'pending' THEN n.finished ELSE r.at END,
+        due = CASE WHEN r.status = 'pending' THEN r.at ELSE n.due END,
+        last_error = r.error,
+        claim_token = NULL,
+        lease_expires = NULL
+    FROM result AS r
+    WHERE n.id = r.id AND n.claim_token = r.token AND n.status = 'pending'
+    RETURNING n.id
+),
+attempt_rows AS (
+    INSERT INTO notification_attempts
+        (notification_id, attempt, started, duration_s, outcome, status_code, error)
+    SELECT r.id, r.attempt, r.started, r.duration_s, r.outcome, r.status_code, r.attempt_error
+    FROM result AS r JOIN stored USING (id)
+    WHERE r.attempt IS NOT NULL
+),
+failure_rows AS (
+    INSERT INTO channel_failures
+        (channel_id, failures, last_failed, last_error, last_notification_id)
+    SELECT DISTINCT ON (r.channel_id)
+        r.channel_id, count(*) OVER (PARTITION BY r.channel_id), r.at, r.error, r.id
+    FROM result AS r JOIN stored USING (id)
+    WHERE r.status = 'failed'
+    ORDER BY r.channel_id, r.at DESC, r.id
+    ON CONFLICT (channel_id) DO UPDATE SET
+        failures = channel_failures.failures + excluded.failures,
+        last_failed = excluded.last_failed,
+        last_error = excluded.last_error,
+        last_notification_id = excluded.last_notification_id
+)
+SELECT id FROM stored
+"""
+
+
+UpdateStatus = Literal["pending", "sent", "failed", "skipped"]
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """One finished delivery try, as stored in notification_attempts."""
@@ -53,6 +111,21 @@ class AttemptRecord:
     started: float
     duration: float
     result: AttemptResult
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationUpdate:
+    """The result of one claim, to be stored: a final status, or a retry time."""
+
+    notification_id: uuid.UUID
+    channel_id: uuid.UUID
+    token: uuid.UUID
+    status: UpdateStatus
+    """pending: retry at `at`. sent, failed, skipped: final, finished at `at`."""
+
+    at: float
+    error: str | None
+    attempt: AttemptRecord | None
 
 
 def ts(epoch: float) -> datetime:
@@ -94,25 +167,64 @@ async def enqueue(cursor: psycopg.AsyncCursor[Any], rows: Sequence[NotificationR
 async def claim(
     conn: psycopg.AsyncConnection[Any], token: uuid.UUID, now: float, lease: float, limit: int
 ) -> list[Notification]:
-    """Claim up to `limit` due notifications for `lease` seconds and return them."""
-    async with conn.transaction():
-        cursor = await conn.execute(
-            _CLAIM_SQL,
-            {"token": token, "now": ts(now), "lease_expires": ts(now + lease), "limit": limit},
-        )
-        rows = await cursor.fetchall()
-    return [
-        Notification(
-            id=row[0],
-            check_id=row[1],
-            channel_id=row[2],
-            kind=cast(NotificationKind, row[3]),
-            payload=row[4],
-            created=row[5].timestamp(),
-            attempts=row[6],
-        )
-        for row in rows
-    ]
+    """Claim up to `limit` due notifications for `lease` seconds and return them.
+
+    Runs inside the caller's transaction, so the claim commits with it.
+    """
+    cursor = await conn.execute(_CLAIM_SQL, _claim_params(token, now, lease, limit))
+    return [_claimed(row) for row in await cursor.fetchall()]
+
+
+async def store_and_claim(
+    conn: psycopg.AsyncConnection[Any],
+    updates: Sequence[NotificationUpdate],
+    token: uuid.UUID,
+    now: float,
+    lease: float,
+    limit: int,
+) -> tuple[set[uuid.UUID], list[Notification]]:
+    """Store `updates` and claim up to `limit` due notifications, in one transaction.
+
+    Returns the ids of the rows whose results were stored (see `store_results`) and the claimed
+    notifications. The statements go out together in pipeline mode, so the whole
+    transaction costs one round trip to the server.
+    """
+    async with conn.pipeline():
+        async with conn.transaction():
+            if not updates:
+                # A claim alone need not wait for the WAL flush. If the server crashes
+                # before the flush, the claim is lost and the notification is claimed and
+                # sent again, which at-least-once delivery allows. A later commit that
+                # stores a result flushes the claim with it, because the WAL is written in
+                # order.
+                await conn.execute("SET LOCAL synchronous_commit TO off")
+            stored = claimed = None
+            if updates:
+                stored = await conn.execute(_STORE_RESULTS_SQL, _store_params(updates))
+            if limit:
+                claimed = await conn.execute(_CLAIM_SQL, _claim_params(token, now, lease, limit))
+        # The transaction has ended, which sent the pipeline and fetched every result.
+        stored_ids: set[uuid.UUID] = set()
+        if stored is not None:
+            stored_ids = {row[0] for row in await stored.fetchall()}
+        rows = [] if claimed is None else await claimed.fetchall()
+    return stored_ids, [_claimed(row) for row in rows]
+
+
+def _claim_params(token: uuid.UUID, now: float, lease: float, limit: int) -> dict[str, Any]:
+    return {"token": token, "now": ts(now), "lease_expires": ts(now + lease), "limit": limit}
+
+
+def _claimed(row: tuple[Any, ...]) -> Notification:
+    return Notification(
+        id=row[0],
+        check_id=row[1],
+        channel_id=row[2],
+        kind=cast(NotificationKind, row[3]),
+        payload=row[4],
+        created=row[5].timestamp(),
+        attempts=row[6],
+    )
 
 
 async def next_due(conn: psycopg.AsyncConnection[Any]) -> float | None:
@@ -152,47 +264,71 @@ async def finish(
     return True
 
 
-async def reschedule(
-    conn: psycopg.AsyncConnection[Any],
-    notification_id: uuid.UUID,
-    token: uuid.UUID,
-    due: float,
-    error: str | None,
-    attempt: AttemptRecord,
-) -> bool:
-    """Release a claimed notification for a retry at `due`.
+async def store_results(
+    conn: psycopg.AsyncConnection[Any], updates: Sequence[NotificationUpdate]
+) -> set[uuid.UUID]:
+    """Store the results of claimed notifications, inside the caller's transaction.
 
-    Returns False, changing nothing, when the claim was lost to another deliverer.
+    Writes each row's new status or retry time, the attempt records and, for every
+    notification that failed for good, one more failure of its channel. Returns the ids
+    of the rows changed. A row whose claim was lost to another deliverer is left
+    unchanged, and its attempt is not recorded.
     """
-    async with conn.transaction():
-        cursor = await conn.execute(
-            "UPDATE notifications SET due = %s, last_error = %s,"
-            " claim_token = NULL, lease_expires = NULL"
-            " WHERE id = %s AND claim_token = %s AND status = 'pending'",
-            (ts(due), error, notification_id, token),
-        )
-        if cursor.rowcount != 1:
-            return False
-        await _record_attempt(conn, attempt)
-    return True
+    if not updates:
+        return set()
+    cursor = await conn.execute(_STORE_RESULTS_SQL, _store_params(updates))
+    return {row[0] for row in await cursor.fetchall()}
 
 
-async def record_channel_failure(
-    conn: psycopg.AsyncConnection[Any],
-    channel_id: uuid.UUID,
-    notification_id: uuid.UUID,
-    now: float,
-    error: str,
-) -> None:
-    await conn.execute(
-        "INSERT INTO channel_failures"
-        " (channel_id, failures, last_failed, last_error, last_notification_id)"
-        " VALUES (%s, 1, %s, %s, %s)"
-        " ON CONFLICT (channel_id) DO UPDATE SET failures = channel_failures.failures + 1,"
-        " last_failed = excluded.last_failed, last_error = excluded.last_error,"
-        " last_notification_id = excluded.last_notification_id",
-        (channel_id, ts(now), error, notification_id),
+def _store_params(updates: Sequence[NotificationUpdate]) -> tuple[str]:
+    """Return the parameter of _STORE_RESULTS_SQL: one JSON array, times in epoch seconds.
+
+    Encoding one array with orjson took about a third of the client CPU time of binding
+    a dozen parameter arrays with psycopg, measured once for 20-row batches on loopback
+    on the 2-core benchmark machine.
+    """
+    return (orjson.dumps([_result_object(update) for update in updates]).decode(),)
+
+
+def _result_object(update: NotificationUpdate) -> dict[str, Any]:
+    """Return one element of the JSON array that _STORE_RESULTS_SQL reads."""
+    result: dict[str, Any] = {
+        "id": str(update.notification_id),
+        "token": str(update.token),
+        "channel_id": str(update.channel_id),
+        "status": update.status,
+        "at": update.at,
+        "error": update.error,
+    }
+    attempt = update.attempt
+    if attempt is not None:
+        result["attempt"] = attempt.attempt
+        result["started"] = attempt.started
+        result["duration_s"] = attempt.duration
+        result["outcome"] = attempt.result.outcome.value
+        result["status_code"] = attempt.result.status_code
+        result["attempt_error"] = attempt.result.error
+    return result
+
+
+async def release(
+    conn: psycopg.AsyncConnection[Any], claims: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> int:
+    """Release claims, given as (notification id, token), whose send never started.
+
+    The attempt counted by the claim is taken back, so the notification keeps all its
+    tries. Returns how many claims were still held and are released.
+    """
+    if not claims:
+        return 0
+    cursor = await conn.execute(
+        "UPDATE notifications AS n"
+        " SET claim_token = NULL, lease_expires = NULL, attempts = n.attempts - 1"
+        " FROM unnest(%s::uuid[], %s::uuid[]) AS c(id, token)"
+        " WHERE n.id = c.id AND n.claim_token = c.token AND n.status = 'pending'",
+        ([notification_id for notification_id, _ in claims], [token for _, token in claims]),
     )
+    return cursor.rowcount
 
 
 async def _record_attempt(conn: psycopg.AsyncConnection[Any], attempt: AttemptRecord) -> None:
