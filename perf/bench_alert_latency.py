@@ -2,9 +2,13 @@
 
 Starts a private PostgreSQL and `serverlord serve`, seeds `--checks` checks of which
 `--due` fall due spread over `--window` seconds and `--burst` fall due inside one second,
-all notifying one webhook channel. A small HTTP receiver on 127.0.0.1 answers 200 at once
+all notifying one webhook channel. A small HTTP receiver on 127.0.0.1 responds 200 at once
 and records when each notification arrived; the body template carries the check's UUID,
 so each arrival is matched with the deadline that caused it.
+
+"steady" covers every steady notification. Those due while the burst is still being
+delivered wait behind it, so "steady_outside_burst" leaves out the ones due from the
+start of the burst second until the last burst notification arrived.
 
 Usage: python perf/bench_alert_latency.py --checks 100000 --due 5000 --burst 10000
 """
@@ -131,20 +135,26 @@ async def measure(args: argparse.Namespace, workdir: Path, admin: str) -> dict[s
         process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(process.wait, 60)
 
-    steady: list[float] = []
+    steady: list[tuple[float, float]] = []
     burst: list[float] = []
     burst_last = 0.0
     for arrived, body in receiver.arrivals:
         check_id = body.decode()
         if check_id in steady_deadlines and steady_deadlines[check_id] >= ready:
-            steady.append(arrived - steady_deadlines[check_id])
+            steady.append((steady_deadlines[check_id], arrived - steady_deadlines[check_id]))
         elif check_id in burst_deadlines:
             burst.append(arrived - burst_deadlines[check_id])
             burst_last = max(burst_last, arrived)
+    outside_burst = [
+        latency
+        for deadline, latency in steady
+        if deadline < burst_at or (burst and deadline > burst_last)
+    ]
     return {
         "checks": args.checks,
         "shards": args.shards,
-        "steady": summary(steady),
+        "steady": summary([latency for _, latency in steady]),
+        "steady_outside_burst": summary(outside_burst),
         "burst": summary(burst),
         "burst_expected": args.burst,
         "burst_complete_after_s": round(burst_last - (burst_at + 1.0), 2) if burst else None,
