@@ -41,7 +41,7 @@ from serverlord.storage.embedded import EmbeddedPostgres
 
 
 class Receiver:
-    """Records (arrival time, body) of every request; answers 200 at once."""
+    """Records (arrival time, body) of every request; responds 200 at once."""
 
     def __init__(self) -> None:
         self.arrivals: list[tuple[float, bytes]] = []

@@ -1,4 +1,4 @@
-"""A bounded ping load for fault tests: threads that ping and record every answer."""
+"""A bounded ping load for fault tests: threads that ping and record every response."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class PingLoad:
     """Pings `check_ids` round-robin from `threads` threads until stopped or `max_seconds`.
 
     Each thread keeps one keep-alive connection and reconnects after an error, as a
-    crontab's curl with --retry would. Every answer is recorded per check.
+    crontab's curl with --retry would. Every response is recorded per check.
     """
 
     port: int

@@ -2,7 +2,7 @@
 
 The command line uses the synchronous functions, the web workers the asynchronous ones.
 Keys are looked up by the SHA-256 hash of the presented key, and the stored hash is then
-compared in constant time, so neither the database nor the comparison sees a plain key.
+compared in constant time, so neither the database nor the comparison handles a plain key.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 
 
 class AccountError(ValueError):
-    """A user, project or key request that cannot be carried out; the message says why."""
+    """A user, project or key request that cannot be carried out; the message gives the reason."""
 
 
 @dataclass(frozen=True, slots=True)

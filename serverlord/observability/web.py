@@ -17,7 +17,7 @@ shard process in the request's `traceparent` field.
 
 Web workers' series are added up (they have no label that distinguishes them), while
 shard processes' series carry `shard`. `serverlord_shard_up` and
-`serverlord_web_workers` say which processes responded, so a missing process shows as a
+`serverlord_web_workers` show which processes responded, so a missing process shows as a
 gap instead of silently lower totals.
 """
 

@@ -8,7 +8,7 @@ Slug pings find their check through `slug_index`, a dict (project_id, slug) -> c
 that holds only checks with a slug. The index is a hint: every lookup verifies each id
 against the check in memory and drops entries that no longer match. A ping sent by slug
 carries `expect_project` and `expect_slug`; when the check no longer matches them, the
-answer is 421 `stale route`, and the web worker drops its cached route and looks again.
+response is 421 `stale route`, and the web worker drops its cached route and looks again.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ class ApiOps:
         ).format(slug_condition)
         rows = await self._fetch(query, params)
 
-        wanted_tags = set(args.get("tags") or ())
+        required_tags = set(args.get("tags") or ())
         match: dict[str, Any] = args.get("match") or {}
         now = self.service.clock.time()
         checks = []
@@ -228,7 +228,7 @@ class ApiOps:
             if check is None or check.project_id != project_id:
                 continue
             view = _view(check, row, now)
-            if wanted_tags and not wanted_tags.issubset(view["tags"].split()):
+            if required_tags and not required_tags.issubset(view["tags"].split()):
                 continue
             if any(view.get(name) != value for name, value in match.items()):
                 continue
@@ -240,10 +240,10 @@ class ApiOps:
         rows = await self._fetch(
             sql.SQL("SELECT id FROM checks WHERE project_id = %s"), [args["project_id"]]
         )
-        wanted: str = args["unique_key"]
+        requested: str = args["unique_key"]
         for row in rows:
             check_id = str(row["id"])
-            if unique_key(check_id) == wanted and check_id in self.service.checks:
+            if unique_key(check_id) == requested and check_id in self.service.checks:
                 return (200, {"id": check_id})
         return NOT_FOUND
 

@@ -1,6 +1,6 @@
 """A check's state in memory and the rules that move it.
 
-The shard process holds one `Check` per check of its shard and is the only writer of
+The shard process keeps one `Check` per check of its shard and is the only writer of
 their rows, so these objects are the source of truth and the database their durable copy. Times
 are UTC epoch seconds (floats); the functions here never read a clock themselves.
 
@@ -246,7 +246,7 @@ def check_from_row(row: dict[str, Any]) -> Check | None:
     )
 
 
-# Most checks share a handful of periods, graces and projects; one object per distinct
+# Most checks share a handful of periods, graces and projects. One object per distinct
 # value, instead of one per check, saves about 50 bytes per check at a million checks.
 _SHARED_VALUES: dict[tuple[type, Any], Any] = {}
 _MAX_SHARED = 100_000

@@ -1,4 +1,4 @@
-"""Where checks live: hash slots, the stored slot map, and each shard's database.
+"""Placement of checks: hash slots, the stored slot map, and each shard's database.
 
 A check's UUID hashes into one of `SLOT_COUNT` slots; the catalog's slot map assigns each
 slot to a shard. The map is written once, when the catalog is new, and later starts only
@@ -148,7 +148,7 @@ def _shard_dsn(catalog_dsn: str, shard: int, layout: Layout) -> str:
 
 @dataclass(frozen=True)
 class Topology:
-    """What a web worker needs to route a ping: the slot map and each shard's socket."""
+    """The routing data of a web worker: the slot map and each shard's socket."""
 
     slot_map: SlotMap
     sockets: tuple[str, ...]

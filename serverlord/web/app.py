@@ -1,7 +1,7 @@
 """The Falcon ASGI application that gunicorn's workers serve.
 
 Routes only: each request is parsed and validated here, then sent to the shard process
-that owns the check. A web worker holds no check state and no deadline.
+that owns the check. A web worker keeps no check state and no deadline.
 """
 
 from __future__ import annotations

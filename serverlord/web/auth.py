@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """What an authenticated management request may do."""
+    """The rights of an authenticated management request."""
 
     project_id: int
     readonly: bool
@@ -83,7 +83,7 @@ class TtlCache:
 
 
 class Catalog:
-    """The catalog as a web worker sees it: keys, badge keys and channels, cached."""
+    """The catalog as a web worker reads it: keys, badge keys and channels, cached."""
 
     def __init__(self, dsn: str | None, ttl: float) -> None:
         self._dsn = dsn
@@ -94,7 +94,7 @@ class Catalog:
         self._channels = TtlCache(ttl)
 
     async def find_key(self, key: str) -> KeyMatch | None:
-        # Cached by hash, so a worker's memory holds no plain keys either.
+        # Cached by hash, so a worker's memory contains no plain keys either.
         cache_key = hashlib.sha256(key.encode()).digest()
         hit, match = self._keys.get(cache_key)
         if not hit:
@@ -125,7 +125,7 @@ class Catalog:
         return result
 
     async def ping(self) -> None:
-        """Raise falcon.HTTPServiceUnavailable unless the catalog answers a query."""
+        """Raise falcon.HTTPServiceUnavailable unless the catalog responds to a query."""
 
         async def select_one(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute("SELECT 1")
@@ -146,7 +146,7 @@ class Catalog:
             log.warning("catalog query failed: %s", exc)
             raise falcon.HTTPServiceUnavailable(
                 title="Service Unavailable",
-                description="the account database is not answering; retry shortly",
+                description="the account database is not responding; retry shortly",
                 retry_after=2,
             ) from None
 

@@ -1,4 +1,4 @@
-"""Error answers of the web tier: JSON `{"error": ...}` bodies, never an HTML page.
+"""Error responses of the web tier: JSON `{"error": ...}` bodies, never an HTML page.
 
 Client errors are raised as falcon HTTP errors whose description names the field and the
 expected form. An exception nobody expected is logged with its traceback and becomes a
@@ -19,7 +19,7 @@ from serverlord.web.shards import ShardUnavailable
 
 log = logging.getLogger(__name__)
 
-# Seconds a client is told to wait before retrying a ping that a shard could not take.
+# Seconds a client is asked to wait before retrying a ping that a shard could not take.
 RETRY_AFTER = 2
 
 
@@ -31,7 +31,7 @@ _UUID_RE = re.compile(
 def loggable_path(path: str) -> str:
     """Return the path without the parts that are secrets: ping keys and check UUIDs.
 
-    Anyone who knows a ping URL can ping the check, so ping paths are cut to their prefix,
+    Anyone with a ping URL can ping the check, so ping paths are cut to their prefix,
     and /b/ and /badge/ paths carry badge keys.
     """
     for prefix in ("/ping/", "/b/", "/badge/", "/projects/"):

@@ -2,7 +2,7 @@
 
 `/ping/<ping-key>/<slug>` and its suffixes are handed to the slug ping handler.
 
-Answers are plain text (`OK`, `not found`) like healthchecks', so wrappers that look at
+Responses are plain text (`OK`, `not found`) like healthchecks', so wrappers that look at
 the body keep working. HEAD, GET and POST are all pings.
 """
 

@@ -1,6 +1,6 @@
 """Web-worker side of the shard sockets: one persistent, pipelined connection per shard.
 
-A request that cannot get an answer in time (the shard process is restarting, its queue
+A request that gets no response in time (the shard process is restarting, its queue
 is full, its database is down) raises ShardUnavailable, which the app turns into a 503
 with Retry-After: the client's retry then reaches the restarted process.
 """
@@ -114,7 +114,7 @@ class ShardConnection:
             if self._writer is writer:
                 self._writer = None
             # Requests sent on this connection may or may not have been committed; their
-            # callers answer 503 and the client's retry decides.
+            # callers return 503 and the client's retry decides.
             for future in list(self._pending.values()):
                 if not future.done():
                     future.set_exception(ShardUnavailable(self.shard, reason))

@@ -2,7 +2,7 @@
 resume, pings, ping bodies and flips.
 
 Every shard request carries the key's `project_id`, and the shard returns 404 for a
-check of another project exactly as for a missing one. Healthchecks answers 403 there;
+check of another project exactly as for a missing one. Healthchecks returns 403 there;
 Server Lord does not, so that a key cannot even confirm that another project's check
 exists.
 """

@@ -4,7 +4,7 @@ The ping key names the project (looked up in the catalog, cached), and the slug 
 of that project. A check's shard follows from its UUID, not its slug, so on a cache miss
 the worker queries every shard in parallel, then remembers (project, slug) -> check ids for
 ROUTE_TTL seconds. The ping carries the project and slug it expects, and the shard
-answers 421 when the check no longer has them (renamed, deleted, moved to another
+returns 421 when the check no longer has them (renamed, deleted, moved to another
 slug), so a stale route costs one more lookup, never a ping on the wrong check.
 
 `?create=1` creates a missing check (name and slug from the URL, period 1 day, grace
