@@ -26,6 +26,7 @@ from serverlord.shardproc import alerts
 from serverlord.shardproc.alerts import TIMER_SUFFIXES
 from serverlord.shardproc.checks import Check, Signal, apply_ping, check_from_row, schedule_for
 from serverlord.shardproc.engine import DeadlineEngine
+from serverlord.shardproc.loader import load_checks
 from serverlord.shardproc.writer import (
     NEW_CHECK_COLUMNS,
     FlipRow,
@@ -38,14 +39,6 @@ from serverlord.shardproc.writer import (
 log = logging.getLogger(__name__)
 
 Response = tuple[int, Any]
-# The columns a check in memory is built from; the descriptive ones stay in the database.
-LOAD_COLUMNS = (
-    "SELECT id, project_id, slug, kind, timeout_s, grace_s, schedule, tz, max_runtime_s,"
-    " manual_resume, methods, status, last_ping, last_start, last_start_rid,"
-    " last_duration_s, n_pings, alert_after, recover_after, reminder_s, late_notice"
-    " FROM checks"
-)
-
 # Per-check alert policy columns that create and update accept.
 POLICY_FIELDS = ("alert_after", "recover_after", "reminder_s", "late_notice")
 OpHandler = Callable[[dict[str, Any]], Awaitable[Response]]
@@ -102,20 +95,9 @@ class ShardService:
     async def load(self) -> int:
         """Load every check of the shard into memory and arm its deadline."""
         started = time.monotonic()
-        # A server-side cursor streams the rows in small pages: reading a quarter of a
-        # million rows at once would leave the process hundreds of MiB larger for good.
-        async with self.pool.connection() as conn, conn.transaction():
-            cursor = conn.cursor(name="load_checks", row_factory=dict_row)
-            cursor.itersize = 2000
-            await cursor.execute(LOAD_COLUMNS)
-            async for row in cursor:
-                check = check_from_row(row)
-                if check is not None:
-                    alerts.set_config(check, alerts.policy_config(row))
-                    alerts.restore(check, self.booted_at)
-                    self.checks[check.id] = check
-                    self.rearm(check)
-            await cursor.close()
+        async for check in load_checks(self.pool, self.booted_at):
+            self.checks[check.id] = check
+            self.rearm(check)
         log.info(
             "shard %d loaded %d checks in %.2f s",
             self.shard,
