@@ -8,6 +8,7 @@ one connection carry many requests at once; responses may come back in any order
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Any
 
@@ -60,3 +61,30 @@ class FrameDecoder:
         if offset:
             del buffer[:offset]
         return messages
+
+
+class FrameWriter:
+    """Queues frames for one connection and writes all of them once per loop iteration.
+
+    Many frames are often ready in the same iteration, such as the responses to every ping
+    of one commit. One write for all of them costs one system call and wakes the peer once,
+    where a write each would wake it once a frame.
+    """
+
+    __slots__ = ("_frames", "_loop", "_writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, message: list[Any]) -> None:
+        frame = encode(message)
+        if not self._frames:
+            self._loop.call_soon(self._flush)
+        self._frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if not self._writer.is_closing():
+            self._writer.write(frames[0] if len(frames) == 1 else b"".join(frames))

@@ -217,6 +217,8 @@ class Supervisor:
             str(settings.shard_db_concurrency),
             "--body-limit",
             str(settings.ping_body_limit),
+            "--commit-linger-ms",
+            str(settings.commit_linger_ms),
             "--log-level",
             settings.log_level,
         ]

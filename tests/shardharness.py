@@ -136,7 +136,10 @@ class Harness:
 
 @asynccontextmanager
 async def harness(
-    dsn: str, start: str = "2024-01-01T00:00Z", quiet_period: float | None = None
+    dsn: str,
+    start: str = "2024-01-01T00:00Z",
+    quiet_period: float | None = None,
+    commit_linger: float = 0.0,
 ) -> AsyncIterator[Harness]:
     token = str(uuid.uuid4())
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -148,7 +151,9 @@ async def harness(
     clock = FakeClock(ts(start))
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(dsn, min_size=1, max_size=3, open=False)
     await pool.open(wait=True)
-    service = ShardService(0, pool, clock, 2, token, quiet_period=quiet_period)
+    service = ShardService(
+        0, pool, clock, 2, token, quiet_period=quiet_period, commit_linger=commit_linger
+    )
     await service.load()
     writer = asyncio.create_task(service.writer.run())
     try:

@@ -73,6 +73,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--body-limit", type=int, default=100_000, help="ping body bytes kept")
     parser.add_argument(
+        "--commit-linger-ms",
+        type=float,
+        default=5.0,
+        help="milliseconds a batch may wait for more changes under load",
+    )
+    parser.add_argument(
         "--boot-timeout", type=float, default=60.0, help="seconds to wait for the database"
     )
     parser.add_argument(
@@ -137,6 +143,7 @@ class ShardProcess:
             self.owner_token,
             self.args.body_limit,
             self.args.quiet_period,
+            self.args.commit_linger_ms / 1000.0,
         )
         try:
             await service.load()

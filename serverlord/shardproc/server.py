@@ -61,6 +61,7 @@ class SocketServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = protocol.FrameDecoder()
+        sender = protocol.FrameWriter(writer)
         current = asyncio.current_task()
         if current is not None:
             self._connections[current] = writer
@@ -70,7 +71,7 @@ class SocketServer:
                 if not data:
                     break
                 for request_id, op, args in decoder.feed(data):
-                    task = asyncio.create_task(self._answer(writer, request_id, op, args))
+                    task = asyncio.create_task(self._answer(sender, request_id, op, args))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         except protocol.ProtocolError as exc:
@@ -83,13 +84,11 @@ class SocketServer:
                 self._connections.pop(current, None)
 
     async def _answer(
-        self, writer: asyncio.StreamWriter, request_id: int, op: str, args: dict[str, Any]
+        self, sender: protocol.FrameWriter, request_id: int, op: str, args: dict[str, Any]
     ) -> None:
         try:
             status, body = await self._handler(op, args)
         except Exception:
             log.exception("shard %d failed on %s request %s", self._shard, op, request_id)
             status, body = 500, {"error": "internal error in the shard process"}
-        if writer.is_closing():
-            return
-        writer.write(protocol.encode([request_id, status, body]))
+        sender.send([request_id, status, body])

@@ -61,6 +61,7 @@ class ShardService:
         owner_token: str,
         body_limit: int = 100_000,
         quiet_period: float | None = None,
+        commit_linger: float = 0.0,
     ) -> None:
         self.shard = shard
         self.clock = clock
@@ -69,7 +70,14 @@ class ShardService:
         self.checks: dict[str, Check] = {}
         self.stale: set[str] = set()
         self.semaphore = asyncio.BoundedSemaphore(db_concurrency)
-        self.writer = Writer(pool, self.semaphore, self.checks.get, self._mark_stale, owner_token)
+        self.writer = Writer(
+            pool,
+            self.semaphore,
+            self.checks.get,
+            self._mark_stale,
+            owner_token,
+            linger=commit_linger,
+        )
         self.engine = DeadlineEngine(
             clock, self.checks.get, self._on_timeout, on_timer=self._on_alert_timer
         )

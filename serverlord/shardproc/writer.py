@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -41,8 +41,9 @@ class OwnershipLost(WriteFailed):
     """Another process took over the shard; this one must stop writing."""
 
 
-@dataclass(slots=True)
-class PingRow:
+class PingRow(NamedTuple):
+    """One ping as stored; the field order is the column order of `write_batch`."""
+
     check_id: str
     n: int
     created: float
@@ -58,8 +59,9 @@ class PingRow:
     duration: float | None
 
 
-@dataclass(slots=True)
-class FlipRow:
+class FlipRow(NamedTuple):
+    """One change of status; the field order is the column order of `write_batch`."""
+
     check_id: str
     created: float
     old_status: str
@@ -93,6 +95,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.waiters)
 
+    def is_plain(self) -> bool:
+        """True when `write_batch` alone stores the batch, with no statement around it."""
+        return not (
+            self.new_checks or self.field_updates or self.alerts or self.cancel_held or self.deleted
+        )
+
 
 CheckLookup = Callable[[str], Check | None]
 
@@ -106,6 +114,8 @@ class Writer:
         on_failure: Callable[[set[str]], None],
         owner_token: str,
         max_pending: int = 20_000,
+        linger: float = 0.0,
+        linger_batch: int = 64,
     ) -> None:
         self._pool = pool
         self._semaphore = semaphore
@@ -119,6 +129,15 @@ class Writer:
         # Called after every transaction with the batch, its start (time.perf_counter())
         # and the error that failed it or None; the observability layer records it.
         self.on_commit: Callable[[Batch, float, BaseException | None], None] | None = None
+        # Under load, a batch may wait up to `linger` seconds for more changes, until it
+        # holds `linger_batch` of them. Each transaction costs the shard process and the
+        # database about as much CPU as several pings do, so fewer, larger transactions
+        # leave more of the machine for pings. A batch never lingers after a batch of one
+        # (a quiet shard) or when it holds a flip, whose alert must not wait.
+        self._linger = linger
+        self._linger_batch = linger_batch
+        self._last_size = 0
+        self._urgent = asyncio.Event()
         self._batch = Batch()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -133,8 +152,12 @@ class Writer:
         if len(self._batch) >= self._max_pending:
             raise WriterOverloaded(f"{len(self._batch)} changes already wait for a commit")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._batch.waiters.append(waiter)
-        self._wakeup.set()
+        waiters = self._batch.waiters
+        waiters.append(waiter)
+        if len(waiters) == 1:
+            self._wakeup.set()
+        elif len(waiters) >= self._linger_batch:
+            self._urgent.set()
         return waiter
 
     def check_capacity(self) -> None:
@@ -155,6 +178,7 @@ class Writer:
         waiter = self._enqueue()
         self._batch.pings.append(row)
         if flip is not None:
+            self._urgent.set()
             self._batch.flips.append(flip)
         if alerts:
             self._batch.alerts += alerts
@@ -166,6 +190,7 @@ class Writer:
 
     def flip(self, flip: FlipRow, alerts: list[AlertEvent] | None = None) -> asyncio.Future[None]:
         waiter = self._enqueue()
+        self._urgent.set()
         self._batch.flips.append(flip)
         self._batch.touched.add(flip.check_id)
         if alerts:
@@ -174,6 +199,7 @@ class Writer:
 
     def alert(self, alerts: list[AlertEvent]) -> asyncio.Future[None]:
         waiter = self._enqueue()
+        self._urgent.set()
         self._batch.alerts += alerts
         return waiter
 
@@ -214,12 +240,36 @@ class Writer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._should_linger():
+                await self._linger_wait()
             batch, self._batch = self._batch, Batch()
+            self._urgent.clear()
+            self._last_size = len(batch)
             await self._commit(batch)
+
+    def _should_linger(self) -> bool:
+        batch = self._batch
+        return (
+            self._linger > 0
+            and self._last_size > 1
+            and not self._closing
+            and not batch.flips
+            and len(batch) < self._linger_batch
+        )
+
+    async def _linger_wait(self) -> None:
+        if self._urgent.is_set():
+            return
+        timer = asyncio.get_running_loop().call_later(self._linger, self._urgent.set)
+        try:
+            await self._urgent.wait()
+        finally:
+            timer.cancel()
 
     async def close(self) -> None:
         self._closing = True
         self._wakeup.set()
+        self._urgent.set()
 
     async def _commit(self, batch: Batch) -> None:
         # The snapshot of each touched check is taken here, synchronously, so it includes
@@ -227,9 +277,13 @@ class Writer:
         states = self._snapshot(batch.touched - batch.deleted)
         started = time.perf_counter()
         try:
-            async with self._semaphore, self._pool.connection() as conn, conn.transaction():
-                await self._check_owner(conn)
-                await _write(conn, batch, states)
+            async with self._semaphore, self._pool.connection() as conn:
+                if batch.is_plain():
+                    await _write_plain(conn, self._owner_token, batch, states)
+                else:
+                    async with conn.transaction():
+                        await self._check_owner(conn)
+                        await _write(conn, self._owner_token, batch, states)
         except (psycopg.Error, OSError, OwnershipLost) as exc:
             log.error("commit of %d changes failed, the callers get an error: %s", len(batch), exc)
             if self.on_commit is not None:
@@ -267,14 +321,18 @@ class Writer:
                 (
                     check_id,
                     check.status,
-                    _ts(check.last_ping),
-                    _ts(check.last_start),
+                    check.last_ping,
+                    check.last_start,
                     check.last_start_rid,
                     check.last_duration,
                     check.n_pings,
                 )
             )
         return rows
+
+
+# Columns of a state row from `_snapshot`.
+STATE_WIDTH = 7
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -300,8 +358,57 @@ NEW_CHECK_COLUMNS = (
 )
 
 
+WRITE_BATCH = (
+    "SELECT write_batch(%s::uuid,"
+    " %s::uuid[], %s::int[], %s::float8[], %s::text[], %s::smallint[], %s::uuid[],"
+    " %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::int[], %s::float8[],"
+    " %s::uuid[], %s::text[], %s::float8[], %s::float8[], %s::uuid[], %s::float8[], %s::int[],"
+    " %s::uuid[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::float8[])"
+)
+# SQLSTATE that write_batch raises when the owner token is no longer the stored one.
+OWNERSHIP_LOST_STATE = "SL001"
+
+
+def _columns(rows: list[Any], width: int) -> list[list[Any]]:
+    """Turn rows into one list per column, the shape `unnest` takes them in."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _batch_params(owner_token: str, batch: Batch, states: list[tuple[Any, ...]]) -> list[Any]:
+    return [
+        owner_token,
+        *_columns(batch.pings, len(PingRow._fields)),
+        *_columns(states, STATE_WIDTH),
+        *_columns(batch.flips, len(FlipRow._fields)),
+    ]
+
+
+async def _write_plain(
+    conn: psycopg.AsyncConnection[Any],
+    owner_token: str,
+    batch: Batch,
+    states: list[tuple[Any, ...]],
+) -> None:
+    """Store a batch of pings, flips and states with one statement in its own transaction."""
+    await conn.set_autocommit(True)
+    try:
+        await conn.execute(WRITE_BATCH, _batch_params(owner_token, batch, states))
+    except psycopg.Error as exc:
+        if exc.sqlstate == OWNERSHIP_LOST_STATE:
+            raise OwnershipLost("another process has taken over this shard") from exc
+        raise
+    finally:
+        if not conn.closed:
+            await conn.set_autocommit(False)
+
+
 async def _write(
-    conn: psycopg.AsyncConnection[Any], batch: Batch, states: list[tuple[Any, ...]]
+    conn: psycopg.AsyncConnection[Any],
+    owner_token: str,
+    batch: Batch,
+    states: list[tuple[Any, ...]],
 ) -> None:
     async with conn.cursor() as cursor:
         if batch.new_checks:
@@ -324,38 +431,7 @@ async def _write(
                 (*fields.values(), check_id),
             )
 
-        if batch.pings:
-            await _copy_pings(cursor, batch.pings)
-
-        if states:
-            state_columns = list(zip(*states, strict=True))
-            await cursor.execute(
-                "UPDATE checks AS c SET status = u.status, last_ping = u.last_ping,"
-                " last_start = u.last_start, last_start_rid = u.last_start_rid,"
-                " last_duration_s = u.last_duration_s, n_pings = u.n_pings"
-                " FROM unnest(%s::uuid[], %s::text[], %s::timestamptz[], %s::timestamptz[],"
-                " %s::uuid[], %s::float8[], %s::int[])"
-                " AS u(id, status, last_ping, last_start, last_start_rid, last_duration_s,"
-                " n_pings) WHERE c.id = u.id",
-                [list(column) for column in state_columns],
-            )
-
-        if batch.flips:
-            await cursor.executemany(
-                "INSERT INTO flips (check_id, created, old_status, new_status, reason, hold_until)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        flip.check_id,
-                        _ts(flip.created),
-                        flip.old_status,
-                        flip.new_status,
-                        flip.reason,
-                        _ts(flip.hold_until),
-                    )
-                    for flip in batch.flips
-                ],
-            )
+        await cursor.execute(WRITE_BATCH, _batch_params(owner_token, batch, states))
 
         if batch.alerts:
             batch.alerts_inserted = await _insert_alerts(cursor, batch.alerts)
@@ -424,28 +500,3 @@ async def _insert_alerts(cursor: psycopg.AsyncCursor[Any], alerts: list[AlertEve
         )
     await cursor.execute(INSERT_ALERTS, [list(column) for column in zip(*rows, strict=True)])
     return max(cursor.rowcount, 0)
-
-
-async def _copy_pings(cursor: psycopg.AsyncCursor[Any], pings: list[PingRow]) -> None:
-    async with cursor.copy(
-        "COPY pings (check_id, n, created, kind, exitstatus, rid, scheme, method,"
-        " remote_addr, ua, body, body_size, duration_s) FROM STDIN"
-    ) as copy:
-        for ping in pings:
-            await copy.write_row(
-                (
-                    ping.check_id,
-                    ping.n,
-                    _ts(ping.created),
-                    ping.kind,
-                    ping.exitstatus,
-                    ping.rid,
-                    ping.scheme,
-                    ping.method,
-                    ping.remote_addr,
-                    ping.ua,
-                    ping.body,
-                    ping.body_size,
-                    ping.duration,
-                )
-            )

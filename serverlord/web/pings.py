@@ -9,6 +9,7 @@ the body keep working. HEAD, GET and POST are all pings.
 from __future__ import annotations
 
 import base64
+import functools
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Protocol
 from uuid import UUID
@@ -200,6 +201,7 @@ def client_scheme(
     return req.scheme
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_address(value: str) -> str:
     """Return `value` as a plain IP address, or "" when `value` is not an IP address.
 

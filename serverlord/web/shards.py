@@ -46,6 +46,7 @@ class ShardConnection:
         self.path = path
         self.timeout = timeout
         self._writer: asyncio.StreamWriter | None = None
+        self._sender: protocol.FrameWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[tuple[int, Any]]] = {}
         self._ids = itertools.count(1)
@@ -66,24 +67,32 @@ class ShardConnection:
             observer.finished(self.shard, op, status, time.perf_counter() - started)
 
     async def _request(self, op: str, args: dict[str, Any]) -> tuple[int, Any]:
-        writer = await self._connected()
+        sender = await self._connected()
         request_id = next(self._ids)
-        future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, Any]] = loop.create_future()
         self._pending[request_id] = future
+        # A timer handle costs less than wait_for, which wraps the future in another task.
+        timer = loop.call_later(self.timeout, _expire, future)
         try:
-            writer.write(protocol.encode([request_id, op, args]))
-            return await asyncio.wait_for(future, self.timeout)
+            sender.send([request_id, op, args])
+            return await future
         except TimeoutError:
             raise ShardUnavailable(self.shard, f"no response within {self.timeout:g} s") from None
         finally:
+            timer.cancel()
             self._pending.pop(request_id, None)
 
-    async def _connected(self) -> asyncio.StreamWriter:
-        if self._writer is not None and not self._writer.is_closing():
-            return self._writer
+    async def _connected(self) -> protocol.FrameWriter:
+        if self._sender is not None and self._writer is not None and not self._writer.is_closing():
+            return self._sender
         async with self._connecting:
-            if self._writer is not None and not self._writer.is_closing():
-                return self._writer
+            if (
+                self._sender is not None
+                and self._writer is not None
+                and not self._writer.is_closing()
+            ):
+                return self._sender
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_unix_connection(self.path), self.timeout
@@ -91,9 +100,10 @@ class ShardConnection:
             except (OSError, TimeoutError) as exc:
                 raise ShardUnavailable(self.shard, f"cannot connect ({exc})") from None
             self._writer = writer
+            self._sender = protocol.FrameWriter(writer)
             self._reader_task = asyncio.create_task(self._read(reader, writer))
             log.info("connected to shard %d at %s", self.shard, self.path)
-            return writer
+            return self._sender
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = protocol.FrameDecoder()
@@ -119,6 +129,11 @@ class ShardConnection:
                 if not future.done():
                     future.set_exception(ShardUnavailable(self.shard, reason))
             log.info("connection to shard %d closed: %s", self.shard, reason)
+
+
+def _expire(future: asyncio.Future[tuple[int, Any]]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class ShardRouter:

@@ -1,0 +1,99 @@
+"""How the writer groups changes into transactions, on a real shard database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+
+from tests.shardharness import Harness, harness, run
+
+# A linger this long would stall any batch that waited for it; the tests below finish
+# only if the writer commits without waiting.
+LONG_LINGER = 60.0
+# Bound on each wait below, so that a writer that stalls fails the test instead of
+# hanging it.
+GIVE_UP = 20.0
+
+
+async def stored_pings(dsn: str, check_id: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute("SELECT count(*) FROM pings WHERE check_id = %s", (check_id,))
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def stored_state(dsn: str, check_id: str) -> tuple[str, int]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cursor = await conn.execute("SELECT status, n_pings FROM checks WHERE id = %s", (check_id,))
+        row = await cursor.fetchone()
+    assert row is not None
+    return str(row[0]), int(row[1])
+
+
+def ping_args(check_id: str, signal: str = "success") -> dict[str, object]:
+    return {"id": check_id, "signal": signal, "method": "GET"}
+
+
+def test_concurrent_pings_share_transactions(shard_dsn: str) -> None:
+    async def body() -> None:
+        async with harness(shard_dsn, commit_linger=0.005) as h:
+            check = await h.create()
+            before = h.service.writer.transactions
+            results = await asyncio.gather(
+                *(h.service.handle("ping", ping_args(check)) for _ in range(200))
+            )
+            assert all(status == 200 for status, _ in results)
+            assert h.service.writer.transactions - before < 200
+            assert await stored_pings(shard_dsn, check) == 200
+            assert await stored_state(shard_dsn, check) == ("up", 200)
+
+    run(body())
+
+
+async def busy(h: Harness, check: str) -> None:
+    """Commit one batch of several pings, so that the next batch would linger."""
+    await asyncio.gather(*(h.service.handle("ping", ping_args(check)) for _ in range(5)))
+
+
+def test_fail_ping_commits_without_linger(shard_dsn: str) -> None:
+    async def body() -> None:
+        async with harness(shard_dsn, commit_linger=LONG_LINGER) as h:
+            check = await h.create()
+            await asyncio.wait_for(busy(h, check), GIVE_UP)
+            status, _ = await asyncio.wait_for(
+                h.service.handle("ping", ping_args(check, "fail")), GIVE_UP
+            )
+            assert status == 200
+            assert await stored_state(shard_dsn, check) == ("down", 6)
+
+    run(body())
+
+
+def test_timeout_flip_commits_without_linger(shard_dsn: str) -> None:
+    async def body() -> None:
+        async with harness(shard_dsn, commit_linger=LONG_LINGER) as h:
+            check = await h.create(timeout_s=60, grace_s=60)
+            await asyncio.wait_for(busy(h, check), GIVE_UP)
+            h.at(h.clock.time() + 121)
+            await asyncio.wait_for(h.settle(), GIVE_UP)
+            assert await stored_state(shard_dsn, check) == ("down", 5)
+
+    run(body())
+
+
+def test_ping_after_takeover_is_refused(shard_dsn: str) -> None:
+    async def body() -> None:
+        async with harness(shard_dsn) as h:
+            check = await h.create()
+            await h.ping(check)
+            async with await psycopg.AsyncConnection.connect(shard_dsn, autocommit=True) as conn:
+                await conn.execute("UPDATE shard_owner SET token = gen_random_uuid()")
+            status, body = await h.service.handle("ping", ping_args(check))
+            assert status == 503
+            assert "database write failed" in body["error"]
+            assert h.service.writer.ownership_lost.is_set()
+            assert await stored_pings(shard_dsn, check) == 1
+
+    run(body())
