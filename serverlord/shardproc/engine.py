@@ -63,6 +63,13 @@ class DeadlineEngine:
         if self._sleep_until is None or deadline < self._sleep_until:
             self._kick.set()
 
+    def arm_loaded(self, deadlines: list[tuple[str, float]]) -> None:
+        """Put the deadlines of freshly loaded checks, as (check id, deadline), in the wheel."""
+        if not deadlines:
+            return
+        self._wheel.schedule_many(deadlines)
+        self._kick.set()
+
     def forget(self, check_id: str) -> None:
         self._wheel.cancel(check_id)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -120,6 +120,42 @@ class TimerWheel(Generic[K]):
                 return
             self._unlink(old_number)
         self._link(key, when, number)
+
+    def schedule_many(self, entries: Iterable[tuple[K, float]]) -> None:
+        """Set the deadline of each (key, when) in `entries`, as `schedule` would.
+
+        This is the bulk path for filling the wheel at start-up. A key without a
+        deadline goes straight into its bucket, and new near entries are pushed into
+        the near heap together, with one heapify when they outnumber it.
+        """
+        deadlines = self._deadlines
+        far = self._far
+        origin = self._origin
+        width = self._bucket_seconds
+        sequence = self._sequence
+        # schedule() moves neither of these, so they stay valid through the loop.
+        cursor = self._cursor
+        ahead = self._ahead
+        near: list[tuple[float, int, K]] = []
+        for key, when in entries:
+            if key in deadlines or not math.isfinite(when):
+                # Moves and invalid deadlines take the general path, which also raises.
+                self.schedule(key, when)
+                continue
+
+            number = int((when - origin) / width)
+            deadlines[key] = when
+            if number <= cursor or number in ahead:
+                near.append((when, next(sequence), key))
+                continue
+            bucket = far.get(number)
+            if bucket is None:
+                bucket = far[number] = _Bucket()
+                self._push_far_order(number)
+            bucket.append(key)
+            bucket.live += 1
+
+        self._push_near(near)
 
     def cancel(self, key: K) -> bool:
         """Remove the deadline of `key`. Return True if it had one."""
@@ -241,13 +277,17 @@ class TimerWheel(Generic[K]):
         if not moved:
             return
 
-        self._near_live += len(moved)
+        self._push_near(moved)
+
+    def _push_near(self, entries: list[tuple[float, int, K]]) -> None:
+        """Add live entries to the near heap, heapifying once when they outnumber it."""
+        self._near_live += len(entries)
         near = self._near
-        if len(moved) > len(near):
-            near.extend(moved)
+        if len(entries) > len(near):
+            near.extend(entries)
             heapq.heapify(near)
         else:
-            for entry in moved:
+            for entry in entries:
                 heapq.heappush(near, entry)
 
     def _live_entries(self, number: int, bucket: _Bucket[K]) -> list[tuple[float, int, K]]:
