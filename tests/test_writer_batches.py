@@ -97,3 +97,42 @@ def test_ping_after_takeover_is_refused(shard_dsn: str) -> None:
             assert await stored_pings(shard_dsn, check) == 1
 
     run(body())
+
+
+def test_flip_of_queued_check_keeps_order(shard_dsn: str) -> None:
+    async def body() -> None:
+        async with harness(shard_dsn) as h:
+            check = await h.create(timeout_s=60, grace_s=60)
+            await h.ping(check)
+            log_ping = asyncio.ensure_future(h.service.handle("ping", ping_args(check, "log")))
+            await asyncio.sleep(0)
+            h.at(h.clock.time() + 121)
+            assert (await asyncio.wait_for(log_ping, GIVE_UP))[0] == 200
+            await asyncio.wait_for(h.settle(), GIVE_UP)
+            assert await stored_state(shard_dsn, check) == ("down", 2)
+            assert await stored_pings(shard_dsn, check) == 2
+
+    run(body())
+
+
+def test_flips_commit_beside_busy_pings(shard_dsn: str) -> None:
+    async def body() -> None:
+        async with harness(shard_dsn) as h:
+            busy_check = await h.create()
+            silent = [await h.create(timeout_s=60, grace_s=60) for _ in range(20)]
+            for check in silent:
+                await h.ping(check)
+            pings = [
+                asyncio.ensure_future(h.service.handle("ping", ping_args(busy_check)))
+                for _ in range(300)
+            ]
+            await asyncio.sleep(0)
+            h.at(h.clock.time() + 121)
+            results = await asyncio.wait_for(asyncio.gather(*pings), GIVE_UP)
+            assert all(status == 200 for status, _ in results)
+            await asyncio.wait_for(h.settle(), GIVE_UP)
+            for check in silent:
+                assert await stored_state(shard_dsn, check) == ("down", 1)
+            assert await stored_pings(shard_dsn, busy_check) == 300
+
+    run(body())

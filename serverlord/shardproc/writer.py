@@ -130,16 +130,28 @@ class Writer:
         # and the error that failed it or None; the observability layer records it.
         self.on_commit: Callable[[Batch, float, BaseException | None], None] | None = None
         # Under load, a batch may wait up to `linger` seconds for more changes, until it
-        # holds `linger_batch` of them. Each transaction costs the shard process and the
+        # contains `linger_batch` of them. Each transaction costs the shard process and the
         # database about as much CPU as several pings do, so fewer, larger transactions
         # leave more of the machine for pings. A batch never lingers after a batch of one
-        # (a quiet shard) or when it holds a flip, whose alert must not wait.
+        # (a quiet shard) or when it contains a flip, whose alert must not wait.
         self._linger = linger
         self._linger_batch = linger_batch
         self._last_size = 0
         self._urgent = asyncio.Event()
         self._batch = Batch()
         self._wakeup = asyncio.Event()
+        # Flips take an express lane: their own transactions, committed beside the ping
+        # transactions instead of behind them, so detection does not wait for a commit of
+        # pings. A check's changes never commit in two transactions at once, because the
+        # later snapshot must be the one that lands: a flip of a check that the ping lane
+        # has in flight or queued joins the ping lane instead, and a ping batch waits for an
+        # express transaction that contains one of its checks.
+        self._express = Batch()
+        self._express_wakeup = asyncio.Event()
+        self._express_idle = asyncio.Event()
+        self._express_idle.set()
+        self._inflight: set[str] = set()
+        self._express_inflight: set[str] = set()
         self._closing = False
         self.transactions = 0
         self.changes = 0
@@ -164,8 +176,9 @@ class Writer:
         """Raise WriterOverloaded now, before any state changes, if a change would not fit."""
         if self._closing:
             raise WriterOverloaded("the shard process is shutting down")
-        if len(self._batch) >= self._max_pending:
-            raise WriterOverloaded(f"{len(self._batch)} changes already wait for a commit")
+        queued = len(self._batch) + len(self._express)
+        if queued >= self._max_pending:
+            raise WriterOverloaded(f"{queued} changes already wait for a commit")
 
     def ping(
         self,
@@ -189,12 +202,27 @@ class Writer:
         return waiter
 
     def flip(self, flip: FlipRow, alerts: list[AlertEvent] | None = None) -> asyncio.Future[None]:
+        check_id = flip.check_id
+        if check_id not in self._inflight and check_id not in self._batch.touched:
+            return self._express_flip(flip, alerts)
         waiter = self._enqueue()
         self._urgent.set()
         self._batch.flips.append(flip)
         self._batch.touched.add(flip.check_id)
         if alerts:
             self._batch.alerts += alerts
+        return waiter
+
+    def _express_flip(self, flip: FlipRow, alerts: list[AlertEvent] | None) -> asyncio.Future[None]:
+        self.check_capacity()
+        batch = self._express
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        batch.flips.append(flip)
+        batch.touched.add(flip.check_id)
+        if alerts:
+            batch.alerts += alerts
+        self._express_wakeup.set()
         return waiter
 
     def alert(self, alerts: list[AlertEvent]) -> asyncio.Future[None]:
@@ -211,7 +239,28 @@ class Writer:
 
     def barrier(self) -> asyncio.Future[None]:
         """Return a future that resolves once everything queued before it is committed."""
-        return self._enqueue()
+        pings = self._enqueue()
+        self._urgent.set()
+        if self._express_idle.is_set() and not self._express.waiters:
+            return pings
+        # An empty change in the express lane resolves after the flips queued there.
+        express: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._express.waiters.append(express)
+        self._express_wakeup.set()
+        both: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(_: asyncio.Future[None]) -> None:
+            if both.done() or not (pings.done() and express.done()):
+                return
+            failed = pings.exception() or express.exception()
+            if failed is not None:
+                both.set_exception(failed)
+            else:
+                both.set_result(None)
+
+        pings.add_done_callback(settle)
+        express.add_done_callback(settle)
+        return both
 
     def create(self, check_id: str, fields: dict[str, Any]) -> asyncio.Future[None]:
         waiter = self._enqueue()
@@ -233,6 +282,14 @@ class Writer:
 
     async def run(self) -> None:
         """Commit batches until `close` is called and the queue is empty."""
+        express = asyncio.create_task(self._run_express())
+        try:
+            await self._run_pings()
+        finally:
+            self._express_wakeup.set()
+            await express
+
+    async def _run_pings(self) -> None:
         while True:
             if not self._batch.waiters:
                 if self._closing:
@@ -242,10 +299,57 @@ class Writer:
                 continue
             if self._should_linger():
                 await self._linger_wait()
+            while not self._batch.touched.isdisjoint(self._express_inflight):
+                await self._express_idle.wait()
+            if not self._batch.touched.isdisjoint(self._express.touched):
+                pending, self._express = self._express, Batch()
+                self._merge_into_pings(pending)
             batch, self._batch = self._batch, Batch()
             self._urgent.clear()
             self._last_size = len(batch)
-            await self._commit(batch)
+            self._inflight = batch.touched
+            try:
+                await self._commit(batch)
+            finally:
+                self._inflight = set()
+
+    async def _run_express(self) -> None:
+        while True:
+            if not self._express.waiters:
+                if self._closing and not self._batch.waiters:
+                    return
+                self._express_wakeup.clear()
+                await self._express_wakeup.wait()
+                continue
+            batch, self._express = self._express, Batch()
+            if not batch.touched.isdisjoint(self._inflight) or not batch.touched.isdisjoint(
+                self._batch.touched
+            ):
+                # The ping lane contains one of these checks: commit the flips there, after it.
+                self._merge_into_pings(batch)
+                continue
+            self._express_inflight = batch.touched
+            self._express_idle.clear()
+            try:
+                await self._commit(batch)
+            finally:
+                self._express_inflight = set()
+                self._express_idle.set()
+
+    def _merge_into_pings(self, batch: Batch) -> None:
+        """Move an express batch into the ping lane's queue, keeping the flips in order.
+
+        A timeout flip is stamped with its deadline and a ping's flip with the ping's
+        time, so ordering by that stamp (stably, express flips first on a tie) restores
+        the order in which the shard process made them.
+        """
+        target = self._batch
+        target.flips = sorted(batch.flips + target.flips, key=_flip_time)
+        target.alerts = batch.alerts + target.alerts
+        target.touched |= batch.touched
+        target.waiters += batch.waiters
+        self._urgent.set()
+        self._wakeup.set()
 
     def _should_linger(self) -> bool:
         batch = self._batch
@@ -270,6 +374,7 @@ class Writer:
         self._closing = True
         self._wakeup.set()
         self._urgent.set()
+        self._express_wakeup.set()
 
     async def _commit(self, batch: Batch) -> None:
         # The snapshot of each touched check is taken here, synchronously, so it includes
@@ -329,6 +434,10 @@ class Writer:
                 )
             )
         return rows
+
+
+def _flip_time(flip: FlipRow) -> float:
+    return flip.created
 
 
 # Columns of a state row from `_snapshot`.
