@@ -9,7 +9,6 @@ restart) never shifts recorded history.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -46,7 +45,7 @@ class DeadlineEngine:
         self._on_timeout = on_timeout
         self._on_timer = on_timer
         self._wheel: TimerWheel[str] = TimerWheel(clock.time(), tick=tick)
-        self._kick = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._sleep_until: float | None = None
         self.fired = 0
 
@@ -61,14 +60,14 @@ class DeadlineEngine:
             return
         self._wheel.schedule(check.id, deadline)
         if self._sleep_until is None or deadline < self._sleep_until:
-            self._kick.set()
+            self._wake()
 
     def arm_loaded(self, deadlines: list[tuple[str, float]]) -> None:
         """Put the deadlines of freshly loaded checks, as (check id, deadline), in the wheel."""
         if not deadlines:
             return
         self._wheel.schedule_many(deadlines)
-        self._kick.set()
+        self._wake()
 
     def forget(self, check_id: str) -> None:
         self._wheel.cancel(check_id)
@@ -81,7 +80,7 @@ class DeadlineEngine:
             return
         self._wheel.schedule(key, when)
         if self._sleep_until is None or when < self._sleep_until:
-            self._kick.set()
+            self._wake()
 
     def deadline_of(self, check_id: str) -> float | None:
         return self._wheel.deadline_of(check_id)
@@ -127,8 +126,29 @@ class DeadlineEngine:
             next_deadline = self._wheel.next_deadline()
             delay = MAX_SLEEP if next_deadline is None else min(MAX_SLEEP, next_deadline - now)
             self._sleep_until = now + max(delay, 0.0)
-            self._kick.clear()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), delay)
+                await self._sleep(delay)
             self._sleep_until = None
+
+    async def _sleep(self, delay: float) -> None:
+        # A bare future and a timer wake the loop in one step, where wait_for on an event
+        # wraps the wait in a task and takes an extra turn of a busy loop to return.
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(delay, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
