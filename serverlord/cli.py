@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from serverlord.accounts import cli as accounts_cli
@@ -34,8 +35,16 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level, "supervisor" if args.command == "serve" else "migrate")
 
     if args.command == "serve":
+        from serverlord.observability.telemetry import export_settings
         from serverlord.supervisor import Supervisor
 
+        # Every child reads the OTEL_* variables itself; checking them here stops a bad
+        # value before any child starts, with the message where the operator looks.
+        try:
+            export_settings(os.environ)
+        except ConfigError as exc:
+            print(f"serverlord: invalid configuration: {exc}", file=sys.stderr)
+            sys.exit(2)
         sys.exit(Supervisor(settings).run())
     if args.command == "migrate":
         _migrate(settings)

@@ -393,5 +393,6 @@ def test_server_rejects_http_json_at_start(
     finally:
         server.stop()
     log = server.log()
-    assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported" in log
+    assert "invalid configuration: OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported" in log
     assert "Set it to grpc or http/protobuf." in log
+    assert "shard 0" not in log

@@ -105,11 +105,8 @@ def export_settings(env: Mapping[str, str]) -> ExportSettings:
 
     Raises ConfigError when an exported signal's protocol variable contains a value other
     than grpc or http/protobuf. A protocol variable of a signal that is not exported is
-    not checked, because it has no effect.
-
-    NOTE: only shard processes and web workers call this, so a rejected value halts the
-    server with a traceback of the first shard process, not the supervisor's
-    "invalid configuration" line.
+    not checked, because it has no effect. `serverlord serve` calls this before it
+    starts any child, so a rejected value stops the start with one line.
     """
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return ExportSettings(None, None)
