@@ -8,7 +8,8 @@ straight into the shards and starts `serverlord serve` against them. Then, while
 ping load arrives, three groups of checks fall due:
 
 - steady: `--due` checks whose deadlines are spread uniformly over `--window` seconds;
-- burst: `--burst` checks whose deadlines all fall inside one second;
+- burst: `--burst` checks whose deadlines all fall inside one second, BURST_GAP seconds
+  after the steady window;
 - the rest (the ping targets) have long periods and never fall due.
 
 Detection latency is the commit time of the flip's transaction
@@ -66,6 +67,8 @@ from seed import seed, shard_dsns
 # perf/bench_alert_latency.py imports these helpers from this module.
 __all__ = ["free_port", "prepare", "summary", "wait_ready"]
 
+# Seconds between the last steady deadline and the burst, so the two never overlap.
+BURST_GAP = 3.0
 # Seconds after the last deadline before the results are read, so the last flips commit.
 SETTLE_SECONDS = 3.0
 
@@ -145,7 +148,9 @@ def detect(
     # Deadlines start after the server is expected to be ready and the load is running.
     due_from = time.time() + args.startup_margin
     steady = seed(catalog, args.due, 60, 30, due_from, args.window, rng, deadlines)
-    burst_at = due_from + args.window / 2
+    # The burst falls after the steady window, so that the steady figures measure a
+    # steady load and the burst is measured on its own; the pings go on through both.
+    burst_at = due_from + args.window + BURST_GAP
     burst = seed(catalog, args.burst, 60, 30, burst_at, 1.0, rng, deadlines)
     seed_seconds = time.monotonic() - started
 
@@ -159,7 +164,7 @@ def detect(
             )
         loaded = process_memory(server.process.pid, postgres_pid)
         target_ids = [check_id for ids in targets.values() for check_id in ids]
-        seconds = max(due_from + args.window + SETTLE_SECONDS - time.time(), 5.0)
+        seconds = max(burst_at + 1.0 + SETTLE_SECONDS - time.time(), 5.0)
         load, loadgen_cpu, profiles = drive_load(args, workdir, server, target_ids, seconds)
         time.sleep(SETTLE_SECONDS)
         health = shard_health(server.runtime_dir)
