@@ -283,6 +283,7 @@ def measure_source(
         "alone_load_s": [run.load_seconds for run in alone],
         "alone_cpu_s": [round(run.cpu_seconds, 2) for run in alone],
         "together_load_s": [run.load_seconds for run in together],
+        "together_cpu_s": [round(run.cpu_seconds, 2) for run in together],
         "empty_rss_mib": round(empty.rss / 2**20, 1),
         "loaded_rss_mib": [round(run.rss / 2**20, 1) for run in alone],
         "bytes_per_check_net": round(net_rss / max(loaded, 1)),
