@@ -97,9 +97,7 @@ class Batch:
 
     def is_plain(self) -> bool:
         """True when `write_batch` alone stores the batch, with no statement around it."""
-        return not (
-            self.new_checks or self.field_updates or self.alerts or self.cancel_held or self.deleted
-        )
+        return not (self.new_checks or self.field_updates or self.cancel_held or self.deleted)
 
 
 CheckLookup = Callable[[str], Check | None]
@@ -500,10 +498,18 @@ async def _write_plain(
     batch: Batch,
     states: list[tuple[Any, ...]],
 ) -> None:
-    """Store a batch of pings, flips and states with one statement in its own transaction."""
+    """Store a batch of pings, flips, states and alerts with one statement, which commits."""
+    params = _batch_params(owner_token, batch, states)
+    query = WRITE_BATCH
+    if batch.alerts:
+        query = WRITE_BATCH_AND_ALERTS
+        params += _alert_columns(batch.alerts)
     await conn.set_autocommit(True)
     try:
-        await conn.execute(WRITE_BATCH, _batch_params(owner_token, batch, states))
+        cursor = await conn.execute(query, params)
+        if batch.alerts:
+            row = await cursor.fetchone()
+            batch.alerts_inserted = 0 if row is None else int(row[1])
     except psycopg.Error as exc:
         if exc.sqlstate == OWNERSHIP_LOST_STATE:
             raise OwnershipLost("another process has taken over this shard") from exc
@@ -543,7 +549,9 @@ async def _write(
         await cursor.execute(WRITE_BATCH, _batch_params(owner_token, batch, states))
 
         if batch.alerts:
-            batch.alerts_inserted = await _insert_alerts(cursor, batch.alerts)
+            await cursor.execute(INSERT_ALERTS, _alert_columns(batch.alerts))
+            row = await cursor.fetchone()
+            batch.alerts_inserted = 0 if row is None else int(row[0])
 
         # After the inserts, so that a held notice queued in this same batch is cancelled.
         if batch.cancel_held:
@@ -558,33 +566,19 @@ async def _write(
             await cursor.execute("DELETE FROM checks WHERE id = ANY(%s::uuid[])", (ids,))
 
 
-# One notification per channel of each check, with the check's descriptive fields read in
-# the same transaction. The id is derived from the event and the channel, so an event
-# queued twice is stored once. One statement for the whole batch: a burst of thousands of
-# flips must not cost thousands of round trips inside the transaction.
-INSERT_ALERTS = """
-INSERT INTO notifications (id, check_id, event_time, channel_id, kind, payload, created, due)
-SELECT md5(c.id::text || '/' || a.event_key || '/' || a.kind || '/' || ch::text)::uuid,
-       c.id, a.event_time, ch, a.kind,
-       jsonb_build_object(
-           'check_id', c.id::text, 'name', c.name, 'slug', c.slug, 'tags', c.tags,
-           'desc', c.description, 'status', a.status, 'reason', a.reason,
-           'event_time', a.event_iso, 'last_ping', a.last_ping_iso, 'body', a.body,
-           'body_truncated', a.truncated, 'exitstatus', a.exitstatus),
-       now(), a.due
-FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[],
-            %s::text[], %s::text[], %s::text[], %s::boolean[], %s::integer[],
-            %s::timestamptz[])
-     AS a(check_id, event_key, kind, event_time, status, reason, event_iso, last_ping_iso,
-          body, truncated, exitstatus, due)
-JOIN checks AS c ON c.id = a.check_id
-CROSS JOIN LATERAL unnest(c.channels) AS ch
-ON CONFLICT (id) DO NOTHING
-"""
+# insert_alerts stores one notification per channel of each alerting check; one call for
+# the whole batch, because a burst of thousands of flips must not cost thousands of round
+# trips inside the transaction.
+ALERT_PARAMS = (
+    "%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::boolean[], %s::integer[], %s::timestamptz[]"
+)
+INSERT_ALERTS = f"SELECT insert_alerts({ALERT_PARAMS})"
+WRITE_BATCH_AND_ALERTS = WRITE_BATCH + f", insert_alerts({ALERT_PARAMS})"
 
 
-async def _insert_alerts(cursor: psycopg.AsyncCursor[Any], alerts: list[AlertEvent]) -> int:
-    """Insert the notifications of `alerts`; return how many rows that made."""
+def _alert_columns(alerts: list[AlertEvent]) -> list[list[Any]]:
+    """Return the insert_alerts arguments for `alerts`, one list per column."""
     rows = []
     for alert in alerts:
         text = None
@@ -607,5 +601,4 @@ async def _insert_alerts(cursor: psycopg.AsyncCursor[Any], alerts: list[AlertEve
                 _ts(alert.due),
             )
         )
-    await cursor.execute(INSERT_ALERTS, [list(column) for column in zip(*rows, strict=True)])
-    return max(cursor.rowcount, 0)
+    return [list(column) for column in zip(*rows, strict=True)]
