@@ -26,7 +26,6 @@ import logging
 import os
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,12 +45,11 @@ from serverlord.storage.migrate import migrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import package_root, source_revision, start_database
+from bench_server import package_root, source_revision, start_database, stop_process
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 300.0
-STOP_TIMEOUT_SECONDS = 30.0
 
 SEED_COLUMNS = (
     "id",
@@ -237,18 +235,6 @@ def _shard_process(process: subprocess.Popen[bytes]) -> psutil.Process:
     return parent
 
 
-def stop_shard(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        log.warning("shard pid %d did not exit after SIGTERM, killing it", process.pid)
-        process.kill()
-        process.wait(STOP_TIMEOUT_SECONDS)
-
-
 def run_shards(
     source: Path, dsns: list[str], workdir: Path, wrapper: list[str] | None = None
 ) -> list[ShardRun]:
@@ -260,7 +246,7 @@ def run_shards(
         return [wait_loaded(process, log_path) for process, log_path in started]
     finally:
         for process, _ in started:
-            stop_shard(process)
+            stop_process(process, "shard")
 
 
 def measure_source(

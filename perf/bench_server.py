@@ -182,7 +182,7 @@ def run_server(
         wait_ready(port, process, ready_seconds, log_path)
         yield RunningServer(process, port, runtime_dir, log_path)
     finally:
-        stop_server(process)
+        stop_process(process, "server")
 
 
 def wait_ready(
@@ -205,14 +205,15 @@ def wait_ready(
     )
 
 
-def stop_server(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes], label: str) -> None:
+    """Stop `process` with SIGTERM, or kill it if it is still running after the timeout."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(STOP_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
-        logger.warning("server pid %d ignored SIGTERM; killing it", process.pid)
+        logger.warning("%s pid %d ignored SIGTERM; killing it", label, process.pid)
         process.kill()
         process.wait(STOP_TIMEOUT_SECONDS)
 
