@@ -20,7 +20,7 @@ project's read-write key). Re-runs reuse those checks, because their names are u
 per host. With `--ids-file` (one check UUID per line) the users take existing checks
 from the file in turn instead.
 
-The reference scenario of the issue is 10,000 hosts and 100,000 checks:
+The reference scenario is 10,000 hosts and 100,000 checks:
 
     .venv/bin/locust -f perf/locustfile.py --headless --host http://127.0.0.1:8080 \\
         -u 10000 -r 200 -t 30m --api-key <rw key> --checks-per-host 10 \\
