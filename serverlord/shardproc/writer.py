@@ -3,8 +3,10 @@
 One fsync costs milliseconds, so committing each ping alone caps a shard at a few hundred
 pings a second. The writer instead takes every queued change at once, writes it in one
 transaction and only then resolves each change's future, so a caller that responds after
-awaiting its future responds for committed data. One transaction runs at a time,
-which also keeps the database in the order the shard process made its decisions.
+awaiting its future responds for committed data. Each of the two lanes (pings, and
+express flips) runs one transaction at a time, and a check's changes never commit in two
+transactions at once, which keeps the database in the order the shard process made its
+decisions.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class Batch:
     alerts_inserted: int = 0
     """Notification rows the transaction inserted; the deliverer is woken only for some."""
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    barriers: list[asyncio.Future[None]] = field(default_factory=list)
+    """Barrier futures of the express lane, resolved by the lane's next commit."""
 
     def __len__(self) -> int:
         return len(self.waiters)
@@ -156,10 +160,10 @@ class Writer:
 
     # -- queueing ----------------------------------------------------------------------
 
-    def _enqueue(self) -> asyncio.Future[None]:
+    def _enqueue(self, bounded: bool = True) -> asyncio.Future[None]:
         if self._closing:
             raise WriterOverloaded("the shard process is shutting down")
-        if len(self._batch) >= self._max_pending:
+        if bounded and len(self._batch) >= self._max_pending:
             raise WriterOverloaded(f"{len(self._batch)} changes already wait for a commit")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._batch.waiters
@@ -200,10 +204,18 @@ class Writer:
         return waiter
 
     def flip(self, flip: FlipRow, alerts: list[AlertEvent] | None = None) -> asyncio.Future[None]:
+        """Queue a flip that memory already holds.
+
+        The deadline engine calls this from its loop, where an exception would stop it and
+        a 503 reaches no one, so a full queue never rejects a flip. After `close`
+        the returned future fails with WriteFailed instead.
+        """
+        if self._closing:
+            return _failed("the shard process is shutting down, the flip is not stored")
         check_id = flip.check_id
         if check_id not in self._inflight and check_id not in self._batch.touched:
             return self._express_flip(flip, alerts)
-        waiter = self._enqueue()
+        waiter = self._enqueue(bounded=False)
         self._urgent.set()
         self._batch.flips.append(flip)
         self._batch.touched.add(flip.check_id)
@@ -212,7 +224,6 @@ class Writer:
         return waiter
 
     def _express_flip(self, flip: FlipRow, alerts: list[AlertEvent] | None) -> asyncio.Future[None]:
-        self.check_capacity()
         batch = self._express
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch.waiters.append(waiter)
@@ -224,7 +235,10 @@ class Writer:
         return waiter
 
     def alert(self, alerts: list[AlertEvent]) -> asyncio.Future[None]:
-        waiter = self._enqueue()
+        """Queue the alert events of a timer. Like `flip`, a full queue never rejects them."""
+        if self._closing:
+            return _failed("the shard process is shutting down, the alerts are not stored")
+        waiter = self._enqueue(bounded=False)
         self._urgent.set()
         self._batch.alerts += alerts
         return waiter
@@ -241,9 +255,10 @@ class Writer:
         self._urgent.set()
         if self._express_idle.is_set() and not self._express.waiters:
             return pings
-        # An empty change in the express lane resolves after the flips queued there.
+        # An empty change in the express lane resolves after the flips queued there and
+        # the express transaction in flight.
         express: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._express.waiters.append(express)
+        self._express.barriers.append(express)
         self._express_wakeup.set()
         both: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -274,6 +289,10 @@ class Writer:
     def delete(self, check_id: str) -> asyncio.Future[None]:
         waiter = self._enqueue()
         self._batch.deleted.add(check_id)
+        # As a touched check, the deletion waits for an express flip of the check in
+        # flight and takes over one still queued, so no flip lands after the delete. A
+        # failed delete also marks the check stale, which reloads it into memory.
+        self._batch.touched.add(check_id)
         return waiter
 
     # -- committing --------------------------------------------------------------------
@@ -301,6 +320,11 @@ class Writer:
                 await self._express_idle.wait()
             if not self._batch.touched.isdisjoint(self._express.touched):
                 pending, self._express = self._express, Batch()
+                # Barriers stay in the express lane, because they must also wait for the
+                # express transaction in flight, which this ping batch does not wait for.
+                self._express.barriers, pending.barriers = pending.barriers, []
+                if self._express.barriers:
+                    self._express_wakeup.set()
                 self._merge_into_pings(pending)
             batch, self._batch = self._batch, Batch()
             self._urgent.clear()
@@ -313,7 +337,7 @@ class Writer:
 
     async def _run_express(self) -> None:
         while True:
-            if not self._express.waiters:
+            if not (self._express.waiters or self._express.barriers):
                 if self._closing and not self._batch.waiters:
                     return
                 self._express_wakeup.clear()
@@ -345,7 +369,7 @@ class Writer:
         target.flips = sorted(batch.flips + target.flips, key=_flip_time)
         target.alerts = batch.alerts + target.alerts
         target.touched |= batch.touched
-        target.waiters += batch.waiters
+        target.waiters += batch.waiters + batch.barriers
         self._urgent.set()
         self._wakeup.set()
 
@@ -389,10 +413,9 @@ class Writer:
                         await _write(conn, self._owner_token, batch, states)
         except (psycopg.Error, OSError, OwnershipLost) as exc:
             log.error("commit of %d changes failed, the callers get an error: %s", len(batch), exc)
-            if self.on_commit is not None:
-                self.on_commit(batch, started, exc)
+            self._report_commit(batch, started, exc)
             self._on_failure(batch.touched | {row.check_id for row in batch.new_checks})
-            for waiter in batch.waiters:
+            for waiter in batch.waiters + batch.barriers:
                 if not waiter.done():
                     waiter.set_exception(WriteFailed(str(exc)))
             if isinstance(exc, OwnershipLost):
@@ -400,13 +423,23 @@ class Writer:
             return
         self.transactions += 1
         self.changes += len(batch)
-        if self.on_commit is not None:
-            self.on_commit(batch, started, None)
-        if batch.alerts_inserted and self.on_alerts_committed is not None:
-            self.on_alerts_committed()
-        for waiter in batch.waiters:
+        self._report_commit(batch, started, None)
+        for waiter in batch.waiters + batch.barriers:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _report_commit(self, batch: Batch, started: float, error: BaseException | None) -> None:
+        """Call the commit hooks; an error in one is logged, because the waiters must resolve."""
+        try:
+            if self.on_commit is not None:
+                self.on_commit(batch, started, error)
+        except Exception:
+            log.exception("the on_commit hook failed after a batch of %d changes", len(batch))
+        try:
+            if error is None and batch.alerts_inserted and self.on_alerts_committed is not None:
+                self.on_alerts_committed()
+        except Exception:
+            log.exception("the on_alerts_committed hook failed after %d alerts", len(batch.alerts))
 
     async def _check_owner(self, conn: psycopg.AsyncConnection[Any]) -> None:
         cursor = await conn.execute("SELECT token FROM shard_owner WHERE id = 1 FOR SHARE")
@@ -432,6 +465,12 @@ class Writer:
                 )
             )
         return rows
+
+
+def _failed(message: str) -> asyncio.Future[None]:
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiter.set_exception(WriteFailed(message))
+    return waiter
 
 
 def _flip_time(flip: FlipRow) -> float:
