@@ -6,17 +6,24 @@ deployment fails at boot with a fix instead of later with a stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 DEFAULT_PORT = 8080
 DEFAULT_SHARD_COUNT = 4
 MAX_SHARD_COUNT = 256
+
+# Linux keeps a Unix socket path in sockaddr_un.sun_path, 108 bytes with the final NUL.
+MAX_SOCKET_PATH = 107
+# The longest socket name under RUNTIME_DIR: a web worker's metrics socket, named after its
+# PID of at most 7 digits, because Linux caps pid_max at 4194304 on 64-bit systems.
+LONGEST_SOCKET_NAME = "web-metrics/4194304.sock"
 
 
 class ConfigError(Exception):
@@ -95,25 +102,25 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         shard_dsns=_shard_dsns(env, shard_count),
         host=env.get("SERVER_HOST", "0.0.0.0"),
         port=port,
-        api_timeout=_float(env, "API_TIMEOUT", 10.0, 0.1, 300.0),
+        api_timeout=_float(env, "API_TIMEOUT", 10.0, 0.1, 300.0, "seconds"),
         web_workers=_int(env, "WEB_CONCURRENCY", 2, 1, 64),
-        runtime_dir=_path(env, "RUNTIME_DIR", Path(f"/tmp/serverlord-{os.getuid()}-{port}")),
+        runtime_dir=_runtime_dir(env, port),
         data_dir=_path(env, "DATA_DIR", _default_data_dir()),
-        ping_body_limit=_int(env, "PING_BODY_LIMIT", 100_000, 0, 10_000_000),
+        ping_body_limit=_int(env, "PING_BODY_LIMIT", 100_000, 0, 10_000_000, "bytes"),
         shard_pool_size=_int(env, "SHARD_POOL_SIZE", 4, 2, 100),
         shard_db_concurrency=_int(env, "SHARD_DB_CONCURRENCY", 3, 1, 100),
-        commit_linger_ms=_float(env, "COMMIT_LINGER_MS", 5.0, 0.0, 100.0),
+        commit_linger_ms=_float(env, "COMMIT_LINGER_MS", 5.0, 0.0, 100.0, "milliseconds"),
         otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_COLLECTOR_ENDPOINT"),
         log_level=_log_level(env),
         startup_quiet_period=(
-            _float(env, "STARTUP_QUIET_PERIOD", 0.0, 0.0, 86400.0 * 365)
+            _float(env, "STARTUP_QUIET_PERIOD", 0.0, 0.0, 86400.0 * 365, "seconds")
             if env.get("STARTUP_QUIET_PERIOD", "").strip()
             else None
         ),
         trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
         ping_retention=_int(env, "PING_RETENTION", 100, 1, 100_000),
-        flip_retention_days=_int(env, "FLIP_RETENTION_DAYS", 93, 93, 36_500),
-        auth_cache_ttl=_float(env, "AUTH_CACHE_TTL", 5.0, 0.0, 300.0),
+        flip_retention_days=_int(env, "FLIP_RETENTION_DAYS", 93, 93, 36_500, "days"),
+        auth_cache_ttl=_float(env, "AUTH_CACHE_TTL", 5.0, 0.0, 300.0, "seconds"),
         metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
     )
 
@@ -133,27 +140,54 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     if url:
         _check_dsn("DATABASE_URL", url)
         return url
-    if not env.get("DB_HOST"):
+    host = env.get("DB_HOST", "").strip()
+    if not host:
         for name in ("DB_PORT", "DB_USER", "DB_PASS", "DB_NAME"):
             if env.get(name):
                 raise ConfigError(f"{name} is set but DB_HOST is missing; set DB_HOST too")
         return None
-    host = env["DB_HOST"]
     port = _int(env, "DB_PORT", 5432, 1, 65535)
-    user = quote(env.get("DB_USER", "postgres"), safe="")
+    user = quote(env.get("DB_USER", "").strip() or "postgres", safe="")
     password = env.get("DB_PASS", "")
     auth = f"{user}:{quote(password, safe='')}" if password else user
-    name = quote(env.get("DB_NAME", "serverlord"), safe="")
-    return f"postgresql://{auth}@{host}:{port}/{name}"
+    name = quote(env.get("DB_NAME", "").strip() or "serverlord", safe="")
+    if host.startswith("/"):
+        # A socket folder cannot stand in a URL's host part, so libpq takes it as a query
+        # parameter instead.
+        return f"postgresql://{auth}@/{name}?host={quote(host, safe='')}&port={port}"
+    return f"postgresql://{auth}@{_url_host(host)}:{port}/{name}"
+
+
+def _url_host(host: str) -> str:
+    """Return DB_HOST as a URL host part, with an IPv6 address in brackets."""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if any(char.isspace() or char in "/@?#[]" for char in host):
+        raise ConfigError(
+            f"DB_HOST must be a host name, an IP address or the absolute path of a socket "
+            f"folder such as db.example.com, 10.0.0.5, ::1 or /var/run/postgresql, got {host!r}"
+        )
+    return f"[{host}]" if ":" in host else host
 
 
 def _shard_dsns(env: Mapping[str, str], shard_count: int) -> dict[int, str]:
     dsns: dict[int, str] = {}
-    for key, value in env.items():
-        match = re.fullmatch(r"SHARD_(\d+)_DATABASE_URL", key)
+    for key, raw in env.items():
+        match = re.fullmatch(r"SHARD_(.+)_DATABASE_URL", key)
+        value = raw.strip()
         if not match or not value:
             continue
+        if not match.group(1).isascii() or not match.group(1).isdigit():
+            raise ConfigError(
+                f"{key} does not name a shard number; write the number in digits, such as "
+                f"SHARD_0_DATABASE_URL, or remove it"
+            )
         number = int(match.group(1))
+        if number in dsns:
+            raise ConfigError(
+                f"{key} names shard {number}, which another SHARD_<n>_DATABASE_URL "
+                "already names; keep one of them"
+            )
         if number >= shard_count:
             raise ConfigError(
                 f"{key} names shard {number}, but SHARD_COUNT={shard_count} makes shards "
@@ -175,43 +209,97 @@ def _check_dsn(name: str, value: str) -> None:
             f"postgresql://user:password@host:5432/serverlord, got {_redact(value)!r}"
         )
     try:
-        conninfo.conninfo_to_dict(value)
+        params = conninfo.conninfo_to_dict(value)
     except psycopg.ProgrammingError as exc:
+        detail = _hide_password(str(exc).strip(), value)
         raise ConfigError(
-            f"{name} is not a valid PostgreSQL connection string ({exc}); use the form "
+            f"{name} is not a valid PostgreSQL connection string ({detail}); use the form "
             "postgresql://user:password@host:5432/serverlord"
         ) from None
 
+    # conninfo_to_dict does not check ports, so a typo would otherwise show up only when
+    # the server first connects.
+    for port in str(params.get("port", "")).split(","):
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(
+                f"{name} has the invalid port {port!r}; use a number from 1 to 65535, as in "
+                "postgresql://user:password@host:5432/serverlord"
+            )
+
+
+def _hide_password(message: str, dsn: str) -> str:
+    """Remove the DSN's password from a libpq message, which may quote the bad token."""
+    secrets: list[str] = []
+    # urlsplit raises ValueError on an unclosed IPv6 bracket, and _redact then masks the
+    # password in the URL instead.
+    with contextlib.suppress(ValueError):
+        secrets.append(urlsplit(dsn).password or "")
+    for quoted, bare in re.findall(r"password\s*=\s*(?:'((?:[^'\\]|\\.)*)'?|(\S+))", dsn):
+        secrets.append(quoted or bare)
+    # libpq may quote only the part of a value after a space.
+    pieces = {piece for secret in secrets for piece in [secret, *secret.split()] if piece}
+
+    def hide(match: re.Match[str]) -> str:
+        return '"***"' if any(piece in match.group(1) for piece in pieces) else match.group(0)
+
+    return re.sub(r'"([^"]*)"', hide, _redact(message))
+
 
 def _port(env: Mapping[str, str]) -> int:
-    if env.get("PORT"):
+    if env.get("PORT", "").strip():
         return _int(env, "PORT", DEFAULT_PORT, 1, 65535)
     return _int(env, "SERVER_PORT", DEFAULT_PORT, 1, 65535)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, low: int, high: int, unit: str = ""
+) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isascii() or not raw.isdigit():
-        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    form = f"a whole number{f' of {unit}' if unit else ''} from {low} to {high}"
+    # int() raises ValueError above 4300 digits (Python 3.11 default), and text that long
+    # is out of range anyway, even with a few leading zeros.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > len(str(high)) + 10:
+        raise ConfigError(f"{name} must be {form}, got {_shorten(raw)!r}")
     value = int(raw)
     if not low <= value <= high:
-        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value}")
+        raise ConfigError(f"{name} must be {form}, got {value}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+def _float(
+    env: Mapping[str, str], name: str, default: float, low: float, high: float, unit: str
+) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
+    form = f"a number of {unit} from {low:g} to {high:.0f}"
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+        raise ConfigError(f"{name} must be {form}, got {_shorten(raw)!r}") from None
     if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high} seconds, got {raw}")
+        raise ConfigError(f"{name} must be {form}, got {_shorten(raw)!r}")
     return value
+
+
+def _shorten(raw: str) -> str:
+    """Cut a long bad value so that the message stays readable."""
+    return raw if len(raw) <= 40 else f"{raw[:37]}..."
+
+
+def _runtime_dir(env: Mapping[str, str], port: int) -> Path:
+    path = _path(env, "RUNTIME_DIR", Path(f"/tmp/serverlord-{os.getuid()}-{port}"))
+    longest = len(os.fsencode(path / LONGEST_SOCKET_NAME))
+    if longest > MAX_SOCKET_PATH:
+        limit = MAX_SOCKET_PATH - len(LONGEST_SOCKET_NAME) - 1
+        raise ConfigError(
+            f"RUNTIME_DIR must be at most {limit} bytes long because the Unix socket paths "
+            f"inside it are limited to {MAX_SOCKET_PATH} bytes, got {len(os.fsencode(path))} "
+            "bytes; choose a shorter folder such as /run/serverlord"
+        )
+    return path
 
 
 def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
@@ -225,7 +313,7 @@ def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
 
 
 def _log_level(env: Mapping[str, str]) -> str:
-    level = env.get("LOG_LEVEL", "INFO").upper()
+    level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
     return level
