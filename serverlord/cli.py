@@ -35,13 +35,17 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level, "supervisor" if args.command == "serve" else "migrate")
 
     if args.command == "serve":
+        from serverlord.alerting.settings import alert_settings_from_env
         from serverlord.observability.telemetry import export_settings
         from serverlord.supervisor import Supervisor
 
-        # Every child reads the OTEL_* variables itself; checking them here stops a bad
-        # value before any child starts, with the message where the operator looks.
+        # Every child reads the OTEL_* variables itself, and every shard process reads the
+        # alert delivery variables (SITE_ROOT, SMTP_*, WEBHOOK_ALLOWED_NETWORKS). Checking
+        # them here stops a bad value before any child starts, with the message where the
+        # operator looks.
         try:
             export_settings(os.environ)
+            alert_settings_from_env(os.environ)
         except ConfigError as exc:
             print(f"serverlord: invalid configuration: {exc}", file=sys.stderr)
             sys.exit(2)
