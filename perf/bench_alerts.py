@@ -14,8 +14,9 @@ stopped at the end. Every step gets a fresh, migrated shard database.
 - delivery: notifications per second from the outbox to a webhook receiver on
   127.0.0.1 that responds after a fixed latency, for each send concurrency, with
   `Deliverer.run` as the shard process runs it. Each run delivers --notifications
-  rows and is bounded by a 300 s timeout. Every notification costs a claim and a
-  result transaction, each waiting for fsync.
+  rows and is bounded by a 300 s timeout. A deliverer round is one transaction that
+  stores the results of the sends finished since the last round and claims due
+  notifications; each round waits for fsync.
 
 Times are the best of --repeat runs for policy and enqueue; delivery runs once per
 setting because every run needs a new outbox.
