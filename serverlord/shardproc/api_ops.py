@@ -208,19 +208,22 @@ class ApiOps:
         limit = min(int(args.get("limit", MAX_PAGE)), MAX_PAGE)
         after = args.get("after") or "00000000-0000-0000-0000-000000000000"
         params: list[Any] = [project_id, after]
-        slug_condition = sql.SQL("")
-        if args.get("slug"):
-            slug_condition = sql.SQL(" AND slug = %s")
-            params.append(args["slug"])
+        match: dict[str, Any] = args.get("match") or {}
+        # Name and slug are filtered by the database: an upsert by name in a project of
+        # 100,000 checks must not read every one of them. The loop below checks the rest.
+        conditions = []
+        for column, value in (("slug", args.get("slug")), ("name", match.get("name"))):
+            if value:
+                conditions.append(sql.SQL(" AND {} = %s").format(sql.Identifier(column)))
+                params.append(value)
         params.append(limit)
         query = sql.SQL(
             "SELECT id, name, tags, description, channels, created_at FROM checks"
             " WHERE project_id = %s AND id > %s{} ORDER BY id LIMIT %s"
-        ).format(slug_condition)
+        ).format(sql.SQL("").join(conditions))
         rows = await self._fetch(query, params)
 
         required_tags = set(args.get("tags") or ())
-        match: dict[str, Any] = args.get("match") or {}
         now = self.service.clock.time()
         checks = []
         for row in rows:
