@@ -37,13 +37,44 @@ EXPORT_WAIT = 20.0
 T = TypeVar("T")
 
 
-class OtlpSink:
-    """An OTLP/HTTP receiver on 127.0.0.1 that keeps every decoded request."""
+class ReceivedExports:
+    """The OTLP export requests a test receiver has decoded, shared by its threads."""
 
     def __init__(self) -> None:
         self.metrics: list[ExportMetricsServiceRequest] = []
         self.traces: list[ExportTraceServiceRequest] = []
         self._lock = threading.Lock()
+
+    def spans(self) -> list[tuple[dict[str, Any], Any]]:
+        """Return every span received with its resource's attributes."""
+        with self._lock:
+            found: list[tuple[dict[str, Any], Any]] = []
+            for export in self.traces:
+                for resource_spans in export.resource_spans:
+                    resource = attributes(resource_spans.resource.attributes)
+                    for scope_spans in resource_spans.scope_spans:
+                        found.extend((resource, span) for span in scope_spans.spans)
+            return found
+
+    def metric_names(self) -> dict[str, set[str]]:
+        """Return the metric names received, by the `serverlord.role` of their resource."""
+        with self._lock:
+            names: dict[str, set[str]] = {}
+            for export in self.metrics:
+                for resource_metrics in export.resource_metrics:
+                    role = attributes(resource_metrics.resource.attributes)["serverlord.role"]
+                    for scope_metrics in resource_metrics.scope_metrics:
+                        names.setdefault(role, set()).update(
+                            metric.name for metric in scope_metrics.metrics
+                        )
+            return names
+
+
+class OtlpSink(ReceivedExports):
+    """An OTLP/HTTP receiver on 127.0.0.1 that keeps every decoded request."""
+
+    def __init__(self) -> None:
+        super().__init__()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -83,30 +114,6 @@ class OtlpSink:
                 traces_response: bytes = ExportTraceServiceResponse().SerializeToString()
                 return traces_response
         return None
-
-    def spans(self) -> list[tuple[dict[str, Any], Any]]:
-        """Return every span received with its resource's attributes."""
-        with self._lock:
-            found: list[tuple[dict[str, Any], Any]] = []
-            for export in self.traces:
-                for resource_spans in export.resource_spans:
-                    resource = attributes(resource_spans.resource.attributes)
-                    for scope_spans in resource_spans.scope_spans:
-                        found.extend((resource, span) for span in scope_spans.spans)
-            return found
-
-    def metric_names(self) -> dict[str, set[str]]:
-        """Return the metric names received, by the `serverlord.role` of their resource."""
-        with self._lock:
-            names: dict[str, set[str]] = {}
-            for export in self.metrics:
-                for resource_metrics in export.resource_metrics:
-                    role = attributes(resource_metrics.resource.attributes)["serverlord.role"]
-                    for scope_metrics in resource_metrics.scope_metrics:
-                        names.setdefault(role, set()).update(
-                            metric.name for metric in scope_metrics.metrics
-                        )
-            return names
 
     def __enter__(self) -> OtlpSink:
         self._thread.start()

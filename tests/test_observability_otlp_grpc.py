@@ -7,7 +7,6 @@ gRPC exporters send.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,18 +36,16 @@ from serverlord.config import ConfigError
 from serverlord.observability.telemetry import ExportSettings, Telemetry, export_settings
 from tests.conftest import create_database
 from tests.server import Server, request, running_server, server_env
-from tests.test_observability_otlp import OtlpSink, attributes, wait_for
+from tests.test_observability_otlp import OtlpSink, ReceivedExports, wait_for
 
 BASE = "http://collector.example:4317"
 
 
-class GrpcOtlpSink:
+class GrpcOtlpSink(ReceivedExports):
     """An OTLP/gRPC receiver on 127.0.0.1 that keeps every request it receives."""
 
     def __init__(self) -> None:
-        self.metrics: list[ExportMetricsServiceRequest] = []
-        self.traces: list[ExportTraceServiceRequest] = []
-        self._lock = threading.Lock()
+        super().__init__()
         self._server = grpc.server(ThreadPoolExecutor(max_workers=4))
         # The generated *_pb2_grpc modules have no type annotations.
         add_MetricsServiceServicer_to_server(_MetricsReceiver(self), self._server)  # type: ignore[no-untyped-call]
@@ -64,30 +61,6 @@ class GrpcOtlpSink:
     def add_traces(self, export: ExportTraceServiceRequest) -> None:
         with self._lock:
             self.traces.append(export)
-
-    def spans(self) -> list[tuple[dict[str, Any], Any]]:
-        """Return every span received with its resource's attributes."""
-        with self._lock:
-            found: list[tuple[dict[str, Any], Any]] = []
-            for export in self.traces:
-                for resource_spans in export.resource_spans:
-                    resource = attributes(resource_spans.resource.attributes)
-                    for scope_spans in resource_spans.scope_spans:
-                        found.extend((resource, span) for span in scope_spans.spans)
-            return found
-
-    def metric_names(self) -> dict[str, set[str]]:
-        """Return the metric names received, by the `serverlord.role` of their resource."""
-        with self._lock:
-            names: dict[str, set[str]] = {}
-            for export in self.metrics:
-                for resource_metrics in export.resource_metrics:
-                    role = attributes(resource_metrics.resource.attributes)["serverlord.role"]
-                    for scope_metrics in resource_metrics.scope_metrics:
-                        names.setdefault(role, set()).update(
-                            metric.name for metric in scope_metrics.metrics
-                        )
-            return names
 
     def __enter__(self) -> GrpcOtlpSink:
         self._server.start()
