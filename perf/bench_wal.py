@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_server import prepare, start_database
 from seed import shard_dsns
 
-from serverlord.shardproc.writer import WRITE_BATCH, FlipRow, PingRow
-
-
-def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows, strict=True)]
+from serverlord.shardproc.writer import (
+    STATE_WIDTH,
+    WRITE_BATCH,
+    FlipRow,
+    PingRow,
+    unnest_columns,
+)
 
 
 def measure(
@@ -70,7 +69,12 @@ def measure(
         states = [(check_id, "up", now, None, None, None, 1) for check_id in picked]
         conn.execute(
             WRITE_BATCH,
-            [token, *columns(pings, 13), *columns(states, 7), *columns([], len(FlipRow._fields))],
+            [
+                token,
+                *unnest_columns(pings, len(PingRow._fields)),
+                *unnest_columns(states, STATE_WIDTH),
+                *unnest_columns([], len(FlipRow._fields)),
+            ],
         )
     elapsed = time.perf_counter() - started
     assert start is not None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -145,9 +145,9 @@ class Writer:
         # Flips take an express lane: their own transactions, committed beside the ping
         # transactions instead of behind them, so detection does not wait for a commit of
         # pings. A check's changes never commit in two transactions at once, because the
-        # later snapshot must be the one that lands: a flip of a check that the ping lane
-        # has in flight or queued joins the ping lane instead, and a ping batch waits for an
-        # express transaction that contains one of its checks.
+        # later snapshot must be the one that lands. So a flip of a check that the ping
+        # lane has in flight or queued joins the ping lane instead. A ping batch waits for
+        # an express transaction that contains one of its checks.
         self._express = Batch()
         self._express_wakeup = asyncio.Event()
         self._express_idle = asyncio.Event()
@@ -515,7 +515,7 @@ WRITE_BATCH = (
 OWNERSHIP_LOST_STATE = "SL001"
 
 
-def _columns(rows: list[Any], width: int) -> list[list[Any]]:
+def unnest_columns(rows: Sequence[Any], width: int) -> list[list[Any]]:
     """Turn rows into one list per column, the shape `unnest` takes them in."""
     if not rows:
         return [[] for _ in range(width)]
@@ -525,9 +525,9 @@ def _columns(rows: list[Any], width: int) -> list[list[Any]]:
 def _batch_params(owner_token: str, batch: Batch, states: list[tuple[Any, ...]]) -> list[Any]:
     return [
         owner_token,
-        *_columns(batch.pings, len(PingRow._fields)),
-        *_columns(states, STATE_WIDTH),
-        *_columns(batch.flips, len(FlipRow._fields)),
+        *unnest_columns(batch.pings, len(PingRow._fields)),
+        *unnest_columns(states, STATE_WIDTH),
+        *unnest_columns(batch.flips, len(FlipRow._fields)),
     ]
 
 
@@ -605,9 +605,9 @@ async def _write(
             await cursor.execute("DELETE FROM checks WHERE id = ANY(%s::uuid[])", (ids,))
 
 
-# insert_alerts stores one notification per channel of each alerting check; one call for
-# the whole batch, because a burst of thousands of flips must not cost thousands of round
-# trips inside the transaction.
+# insert_alerts stores one notification per channel of each alerting check. It takes the
+# whole batch in one call, because a burst of thousands of flips must not cost thousands
+# of round trips.
 ALERT_PARAMS = (
     "%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[],"
     " %s::text[], %s::text[], %s::text[], %s::boolean[], %s::integer[], %s::timestamptz[]"
