@@ -16,7 +16,7 @@ stopped at the end. Every step gets a fresh, migrated shard database.
   `Deliverer.run` as the shard process runs it. Each run delivers --notifications
   rows and is bounded by a 300 s timeout. A deliverer round is one transaction that
   stores the results of the sends finished since the last round and claims due
-  notifications; each round waits for fsync.
+  notifications. Each round waits for fsync.
 
 Times are the best of --repeat runs for policy and enqueue; delivery runs once per
 setting because every run needs a new outbox.

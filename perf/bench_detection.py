@@ -149,7 +149,7 @@ def detect(
     due_from = time.time() + args.startup_margin
     steady = seed(catalog, args.due, 60, 30, due_from, args.window, rng, deadlines)
     # The burst falls after the steady window, so that the steady figures measure a
-    # steady load and the burst is measured on its own; the pings go on through both.
+    # steady load and the burst is measured on its own. The pings go on through both.
     burst_at = due_from + args.window + BURST_GAP
     burst = seed(catalog, args.burst, 60, 30, burst_at, 1.0, rng, deadlines)
     seed_seconds = time.monotonic() - started

@@ -22,7 +22,7 @@ MAX_SHARD_COUNT = 256
 # Linux keeps a Unix socket path in sockaddr_un.sun_path, 108 bytes with the final NUL.
 MAX_SOCKET_PATH = 107
 # The longest socket name under RUNTIME_DIR: a web worker's metrics socket, named after its
-# PID of at most 7 digits, because Linux caps pid_max at 4194304 on 64-bit systems.
+# PID. A PID has 7 digits or fewer, because pid_max is at most 4194304 on 64-bit Linux.
 LONGEST_SOCKET_NAME = "web-metrics/4194304.sock"
 
 

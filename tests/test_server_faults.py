@@ -78,8 +78,8 @@ def test_killed_shard_loses_no_acked_ping(fresh_server: Server) -> None:
         stored = stored_pings(server.extra["catalog"], 2)
         for check_id, acked in load.acked.items():
             assert stored.get(check_id, 0) >= acked, check_id
-        # Pings succeed again once the restarted shard has loaded its checks; on a busy
-        # machine that can take longer than the load above ran after the restart.
+        # Pings succeed again once the restarted shard has loaded its checks. On a busy
+        # machine that takes longer than the load above ran after the restart.
         assert wait_until(lambda: request("GET", f"{server.url}/ping/{ids[0]}").status == 200, 15)
     finally:
         server.stop()

@@ -1,6 +1,6 @@
 """Reading a shard's checks from its database into memory at start-up.
 
-The shard process answers pings from memory only, so every check must be loaded and its
+The shard process serves pings from memory only, so every check must be loaded and its
 deadline armed before the shard reports ready. This runs once per start, over every
 row of the shard, so its cost per row bounds how fast a restarted shard is back.
 
