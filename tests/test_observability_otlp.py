@@ -185,12 +185,14 @@ def test_metrics_reach_collector_from_every_role(exporting_server: Server, sink:
     assert "process.memory.usage" in names["web"]
 
 
-def test_ping_trace_crosses_unix_socket(exporting_server: Server, sink: OtlpSink) -> None:
-    server = exporting_server
-    check_id = server.create_check()["id"]
+CLIENT_SPAN_ID = "00f067aa0ba902b7"
+
+
+def traced_ping(server: Server, sink: ReceivedExports, what: str) -> tuple[str, Any, Any]:
+    """Ping a new check with a client trace context; return its id and the web and shard spans."""
+    check_id: str = server.create_check()["id"]
     trace_id = uuid.uuid4().hex
-    client_span_id = "00f067aa0ba902b7"
-    headers = {"traceparent": f"00-{trace_id}-{client_span_id}-01"}
+    headers = {"traceparent": f"00-{trace_id}-{CLIENT_SPAN_ID}-01"}
     assert request("GET", f"{server.url}/ping/{check_id}", headers=headers).status == 200
 
     def spans_of_ping() -> list[tuple[dict[str, Any], Any]] | None:
@@ -198,11 +200,18 @@ def test_ping_trace_crosses_unix_socket(exporting_server: Server, sink: OtlpSink
         roles = {res["serverlord.role"] for res, _ in found}
         return found if {"web", "shard"} <= roles else None
 
-    found = wait_for(spans_of_ping, "the ping's spans from both processes")
+    found = wait_for(spans_of_ping, what)
     [web_span] = [span for res, span in found if res["serverlord.role"] == "web"]
     [shard_span] = [span for res, span in found if res["serverlord.role"] == "shard"]
+    return check_id, web_span, shard_span
+
+
+def test_ping_trace_crosses_unix_socket(exporting_server: Server, sink: OtlpSink) -> None:
+    check_id, web_span, shard_span = traced_ping(
+        exporting_server, sink, "the ping's spans from both processes"
+    )
     assert web_span.name == "GET /ping/{code}"
-    assert web_span.parent_span_id.hex() == client_span_id
+    assert web_span.parent_span_id.hex() == CLIENT_SPAN_ID
     assert shard_span.name == "shard ping"
     assert shard_span.parent_span_id == web_span.span_id
     shard_attributes = attributes(shard_span.attributes)

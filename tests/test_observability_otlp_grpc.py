@@ -7,11 +7,9 @@ gRPC exporters send.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -36,7 +34,7 @@ from serverlord.config import ConfigError
 from serverlord.observability.telemetry import ExportSettings, Telemetry, export_settings
 from tests.conftest import create_database
 from tests.server import Server, request, running_server, server_env
-from tests.test_observability_otlp import OtlpSink, ReceivedExports, wait_for
+from tests.test_observability_otlp import OtlpSink, ReceivedExports, traced_ping, wait_for
 
 BASE = "http://collector.example:4317"
 
@@ -329,20 +327,9 @@ def test_server_metrics_arrive_over_grpc(
 def test_server_spans_arrive_over_grpc(
     grpc_exporting_server: Server, grpc_sink: GrpcOtlpSink
 ) -> None:
-    server = grpc_exporting_server
-    check_id = server.create_check()["id"]
-    trace_id = uuid.uuid4().hex
-    headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
-    assert request("GET", f"{server.url}/ping/{check_id}", headers=headers).status == 200
-
-    def spans_of_ping() -> list[tuple[dict[str, Any], Any]] | None:
-        found = [(res, span) for res, span in grpc_sink.spans() if span.trace_id.hex() == trace_id]
-        roles = {res["serverlord.role"] for res, _ in found}
-        return found if {"web", "shard"} <= roles else None
-
-    found = wait_for(spans_of_ping, "the ping's spans from both processes over gRPC")
-    [web_span] = [span for res, span in found if res["serverlord.role"] == "web"]
-    [shard_span] = [span for res, span in found if res["serverlord.role"] == "shard"]
+    _, web_span, shard_span = traced_ping(
+        grpc_exporting_server, grpc_sink, "the ping's spans from both processes over gRPC"
+    )
     assert web_span.name == "GET /ping/{code}"
     assert shard_span.name == "shard ping"
     assert shard_span.parent_span_id == web_span.span_id
