@@ -188,7 +188,7 @@ def test_metrics_reach_collector_from_every_role(exporting_server: Server, sink:
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
 
 
-def traced_ping(server: Server, sink: ReceivedExports, what: str) -> tuple[str, Any, Any]:
+def traced_ping(server: Server, sink: ReceivedExports, description: str) -> tuple[str, Any, Any]:
     """Ping a new check with a client trace context; return its id and the web and shard spans."""
     check_id: str = server.create_check()["id"]
     trace_id = uuid.uuid4().hex
@@ -200,7 +200,7 @@ def traced_ping(server: Server, sink: ReceivedExports, what: str) -> tuple[str, 
         roles = {res["serverlord.role"] for res, _ in found}
         return found if {"web", "shard"} <= roles else None
 
-    found = wait_for(spans_of_ping, what)
+    found = wait_for(spans_of_ping, description)
     [web_span] = [span for res, span in found if res["serverlord.role"] == "web"]
     [shard_span] = [span for res, span in found if res["serverlord.role"] == "shard"]
     return check_id, web_span, shard_span
