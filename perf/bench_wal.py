@@ -29,13 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_server import prepare, start_database
 from seed import shard_dsns
 
-from serverlord.shardproc.writer import (
-    STATE_WIDTH,
-    WRITE_BATCH,
-    FlipRow,
-    PingRow,
-    unnest_columns,
-)
+from serverlord.shardproc.writer import WRITE_BATCH, PingRow, batch_document
 
 
 def measure(
@@ -69,12 +63,7 @@ def measure(
         states = [(check_id, "up", now, None, None, None, 1) for check_id in picked]
         conn.execute(
             WRITE_BATCH,
-            [
-                token,
-                *unnest_columns(pings, len(PingRow._fields)),
-                *unnest_columns(states, STATE_WIDTH),
-                *unnest_columns([], len(FlipRow._fields)),
-            ],
+            [token, batch_document(pings, states, [])],
         )
     elapsed = time.perf_counter() - started
     assert start is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import psycopg
 
@@ -134,5 +135,64 @@ def test_flips_commit_beside_busy_pings(shard_dsn: str) -> None:
             for check in silent:
                 assert await stored_state(shard_dsn, check) == ("down", 1)
             assert await stored_pings(shard_dsn, busy_check) == 300
+
+    run(body())
+
+
+def test_batch_document_keeps_every_field(shard_dsn: str) -> None:
+    """Pings of one batch keep their fields, bytes and times through the JSON document."""
+    payload = bytes(range(256))
+    rid = "6f1c2a8e-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
+
+    async def body() -> None:
+        async with harness(shard_dsn, commit_linger=0.005) as h:
+            check = await h.create()
+            other = await h.create()
+            pings = [
+                {
+                    "id": check,
+                    "signal": "start",
+                    "rid": rid,
+                    "method": "POST",
+                    "scheme": "https",
+                    "remote_addr": "2001:db8::1",
+                    "ua": "curl\x00/8 \u00e9\u4e2d \"quoted\" \\ back",
+                    "body": base64.b64encode(payload).decode(),
+                    "body_size": 999999,
+                },
+                {"id": other, "signal": "fail", "exitstatus": 255, "method": "GET"},
+            ]
+            results = await asyncio.gather(*(h.service.handle("ping", p) for p in pings))
+            assert [status for status, _ in results] == [200, 200]
+            started = h.service.checks[check].last_start
+            async with await psycopg.AsyncConnection.connect(shard_dsn) as conn:
+                cursor = await conn.execute(
+                    "SELECT kind, exitstatus, rid::text, scheme, method, remote_addr, ua, body,"
+                    " body_size, extract(epoch FROM created)::float8"
+                    " FROM pings WHERE check_id IN (%s, %s) ORDER BY check_id = %s DESC",
+                    (check, other, check),
+                )
+                rows = await cursor.fetchall()
+                cursor = await conn.execute(
+                    "SELECT status, last_start_rid::text, extract(epoch FROM last_start)::float8"
+                    " FROM checks WHERE id = %s",
+                    (check,),
+                )
+                state = await cursor.fetchone()
+            assert rows[0][:7] == (
+                "start",
+                None,
+                rid,
+                "https",
+                "POST",
+                "2001:db8::1",
+                "curl\ufffd/8 \u00e9\u4e2d \"quoted\" \\ back",
+            )
+            assert bytes(rows[0][7]) == payload
+            assert rows[0][8] == 999999
+            assert started is not None and abs(rows[0][9] - started) < 1e-5
+            assert rows[1][:2] == ("fail", 255)
+            assert state is not None and state[1] == rid
+            assert state[2] is not None and abs(state[2] - started) < 1e-5
 
     run(body())

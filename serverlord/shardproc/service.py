@@ -236,6 +236,10 @@ class ShardService:
         outcome = apply_ping(check, signal, now, rid, args.get("method", ""))
 
         body = _decode_body(args.get("body"))
+        ua: str = args.get("ua", "")[:200]
+        if "\x00" in ua:
+            # PostgreSQL text cannot hold NUL, and one such ping must not fail its batch.
+            ua = ua.replace("\x00", "\ufffd")
         row = PingRow(
             check_id=check_id,
             n=outcome.n,
@@ -246,7 +250,7 @@ class ShardService:
             scheme=args.get("scheme", "http"),
             method=args.get("method", ""),
             remote_addr=args.get("remote_addr", ""),
-            ua=args.get("ua", "")[:200],
+            ua=ua,
             body=body,
             body_size=args.get("body_size", 0 if body is None else len(body)),
             duration=outcome.duration,

@@ -12,6 +12,7 @@ decisions.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -504,31 +506,31 @@ NEW_CHECK_COLUMNS = (
 )
 
 
-WRITE_BATCH = (
-    "SELECT write_batch(%s::uuid,"
-    " %s::uuid[], %s::int[], %s::float8[], %s::text[], %s::smallint[], %s::uuid[],"
-    " %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::int[], %s::float8[],"
-    " %s::uuid[], %s::text[], %s::float8[], %s::float8[], %s::uuid[], %s::float8[], %s::int[],"
-    " %s::uuid[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::float8[])"
-)
+# The batch travels as one JSON document, [pings, states, flips], each a list of rows in
+# its named tuple's field order (sql/shard/0009_write_batch_document.sql).
+WRITE_BATCH = "SELECT write_batch(%s::uuid, %s::jsonb)"
 # SQLSTATE that write_batch raises when the owner token is no longer the stored one.
 OWNERSHIP_LOST_STATE = "SL001"
 
 
-def unnest_columns(rows: Sequence[Any], width: int) -> list[list[Any]]:
-    """Turn rows into one list per column, the shape `unnest` takes them in."""
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
 def _batch_params(owner_token: str, batch: Batch, states: list[tuple[Any, ...]]) -> list[Any]:
-    return [
-        owner_token,
-        *unnest_columns(batch.pings, len(PingRow._fields)),
-        *unnest_columns(states, STATE_WIDTH),
-        *unnest_columns(batch.flips, len(FlipRow._fields)),
-    ]
+    return [owner_token, batch_document(batch.pings, states, batch.flips)]
+
+
+def batch_document(
+    pings: Sequence[PingRow], states: Sequence[tuple[Any, ...]], flips: Sequence[FlipRow]
+) -> str:
+    """Return the JSON document that `write_batch` takes for these rows."""
+    return orjson.dumps([pings, states, flips], default=_json_value).decode()
+
+
+def _json_value(value: Any) -> Any:
+    # orjson serializes plain tuples itself and hands named tuples and bytes to this.
+    if isinstance(value, tuple):
+        return tuple(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"cannot store a {type(value).__name__} in a batch")
 
 
 async def _write_plain(
