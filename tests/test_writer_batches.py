@@ -156,7 +156,7 @@ def test_batch_document_keeps_every_field(shard_dsn: str) -> None:
                     "method": "POST",
                     "scheme": "https",
                     "remote_addr": "2001:db8::1",
-                    "ua": "curl\x00/8 \u00e9\u4e2d \"quoted\" \\ back",
+                    "ua": 'curl\x00/8 \u00e9\u4e2d "quoted" \\ back',
                     "body": base64.b64encode(payload).decode(),
                     "body_size": 999999,
                 },
@@ -186,7 +186,7 @@ def test_batch_document_keeps_every_field(shard_dsn: str) -> None:
                 "https",
                 "POST",
                 "2001:db8::1",
-                "curl\ufffd/8 \u00e9\u4e2d \"quoted\" \\ back",
+                'curl\ufffd/8 \u00e9\u4e2d "quoted" \\ back',
             )
             assert bytes(rows[0][7]) == payload
             assert rows[0][8] == 999999

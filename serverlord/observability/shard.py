@@ -113,23 +113,23 @@ class ShardTelemetry:
 
     def _create_instruments(self) -> None:
         meter = self.telemetry.meter
-        self.request_duration = meter.create_histogram(
+        self.request_duration = self.telemetry.histogram(
             "serverlord.shard.request.duration",
-            unit="s",
-            description="Time a shard process takes to handle a socket request, by op and status.",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+            "s",
+            "Time a shard process takes to handle a socket request, by op and status.",
+            LATENCY_BUCKETS,
         )
-        self.commit_duration = meter.create_histogram(
+        self.commit_duration = self.telemetry.histogram(
             "serverlord.commit.duration",
-            unit="s",
-            description="Duration of a group-commit transaction, by outcome.",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+            "s",
+            "Duration of a group-commit transaction, by outcome.",
+            LATENCY_BUCKETS,
         )
-        self.batch_size = meter.create_histogram(
+        self.batch_size = self.telemetry.histogram(
             "serverlord.commit.batch.size",
-            unit="{change}",
-            description="Changes (pings, flips, check writes) in one group-commit transaction.",
-            explicit_bucket_boundaries_advisory=BATCH_BUCKETS,
+            "{change}",
+            "Changes (pings, flips, check writes) in one group-commit transaction.",
+            BATCH_BUCKETS,
         )
         self.flips = meter.create_counter(
             "serverlord.flips",

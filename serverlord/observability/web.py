@@ -89,11 +89,11 @@ class WebTelemetry:
         self._peer_server: asyncio.AbstractServer | None = None
 
         meter = self.telemetry.meter
-        self.request_duration = meter.create_histogram(
+        self.request_duration = self.telemetry.histogram(
             "http.server.request.duration",
-            unit="s",
-            description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+            "s",
+            "Duration of HTTP server requests.",
+            LATENCY_BUCKETS,
         )
         # Requests in progress by (method, scheme), kept as plain integers because an
         # OpenTelemetry add() on every request start and end costs several microseconds.
@@ -104,11 +104,11 @@ class WebTelemetry:
             unit="{request}",
             description="Number of active HTTP server requests.",
         )
-        self.round_trip = meter.create_histogram(
+        self.round_trip = self.telemetry.histogram(
             "serverlord.socket.round_trip.duration",
-            unit="s",
-            description="Round trip of a web worker's request to a shard process, by op.",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+            "s",
+            "Round trip of a web worker's request to a shard process, by op.",
+            LATENCY_BUCKETS,
         )
 
     def _observe_active_requests(self, options: CallbackOptions) -> Iterable[Observation]:
