@@ -23,7 +23,7 @@ from serverlord.observability.histograms import (
     LocalHistogramExporter,
     with_metrics,
 )
-from serverlord.observability.telemetry import Telemetry
+from serverlord.observability.telemetry import Telemetry, metric_exporter
 
 BOUNDS = (0.001, 0.01, 0.1)
 SCOPE = InstrumentationScope("serverlord", "test")
@@ -198,3 +198,17 @@ def test_merge_into_existing_scope() -> None:
     merged = with_metrics(other_scope, [sdk_metric], RESOURCE, SCOPE)
     names = [scope.scope.name for scope in merged.resource_metrics[0].scope_metrics]
     assert names == ["other", "serverlord"]
+
+
+def test_temporality_preference_reaches_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta")
+    delta = LocalHistogramExporter(
+        metric_exporter("http://127.0.0.1:9/v1/metrics", "http/protobuf"), [], RESOURCE, SCOPE
+    )
+    assert delta.delta is True
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+    cumulative = LocalHistogramExporter(
+        metric_exporter("http://127.0.0.1:9/v1/metrics", "http/protobuf"), [], RESOURCE, SCOPE
+    )
+    assert cumulative.delta is False
