@@ -1,0 +1,147 @@
+"""Measure two costs on the ping path in one process: batch parameters and histogram records.
+
+1. Building the parameters of one `write_batch` call for ten pings: psycopg dumping one
+   text array per column (the form used before sql/shard/0009), against the JSON
+   document that the writer sends now.
+2. One histogram record with four attributes: the OpenTelemetry SDK's `Histogram.record`
+   against `LocalHistogram.record`.
+
+Needs no database and no server. CPU time per call, median of --repeats runs of
+--calls calls each. Prints JSON.
+
+Usage: python perf/bench_hotpath.py [--calls N] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from psycopg._queries import PostgresQuery
+from psycopg.adapt import Transformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serverlord.observability.histograms import LocalHistogram
+from serverlord.observability.telemetry import LATENCY_BUCKETS, Telemetry
+from serverlord.shardproc.writer import WRITE_BATCH, PingRow, batch_document
+
+# The statement and parameters of write_batch before it took a JSON document.
+ARRAY_STATEMENT = (
+    "SELECT write_batch(%s::uuid,"
+    " %s::uuid[], %s::int[], %s::float8[], %s::text[], %s::smallint[], %s::uuid[],"
+    " %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::int[], %s::float8[],"
+    " %s::uuid[], %s::text[], %s::float8[], %s::float8[], %s::uuid[], %s::float8[], %s::int[],"
+    " %s::uuid[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::float8[])"
+)
+PING_WIDTH = len(PingRow._fields)
+STATE_WIDTH = 7
+FLIP_WIDTH = 6
+OWNER = str(uuid.uuid4())
+ATTRIBUTES: dict[str, str | int] = {
+    "http.request.method": "GET",
+    "url.scheme": "http",
+    "http.response.status_code": 200,
+    "http.route": "/ping/{code}",
+}
+
+
+def sample_batch(size: int) -> tuple[list[PingRow], list[tuple[Any, ...]]]:
+    now = time.time()
+    pings = []
+    states = []
+    for _ in range(size):
+        check_id = str(uuid.uuid4())
+        pings.append(
+            PingRow(
+                check_id,
+                5,
+                now,
+                "success",
+                None,
+                None,
+                "http",
+                "GET",
+                "127.0.0.1",
+                "curl/8",
+                None,
+                0,
+                None,
+            )
+        )
+        states.append((check_id, "up", now, None, None, None, 5))
+    return pings, states
+
+
+def columns(rows: list[Any], width: int) -> list[list[Any]]:
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def dump(statement: str, params: list[Any]) -> None:
+    query = PostgresQuery(Transformer())
+    query.convert(statement, params)
+    query.dump(params)
+
+
+def per_call_us(action: Callable[[], None], calls: int, repeats: int) -> float:
+    action()
+    runs = []
+    for _ in range(repeats):
+        started = time.process_time()
+        for _ in range(calls):
+            action()
+        runs.append((time.process_time() - started) / calls * 1e6)
+    return round(statistics.median(runs), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    pings, states = sample_batch(10)
+
+    def arrays() -> None:
+        params = [
+            OWNER,
+            *columns(pings, PING_WIDTH),
+            *columns(states, STATE_WIDTH),
+            *columns([], FLIP_WIDTH),
+        ]
+        dump(ARRAY_STATEMENT, params)
+
+    def document() -> None:
+        dump(WRITE_BATCH, [OWNER, batch_document(pings, states, [])])
+
+    telemetry = Telemetry("web", env={})
+    sdk = telemetry.meter.create_histogram(
+        "sdk", unit="s", explicit_bucket_boundaries_advisory=LATENCY_BUCKETS
+    )
+    local = LocalHistogram("local", "s", "", LATENCY_BUCKETS)
+
+    result = {
+        "batch_of_10_arrays_us": per_call_us(arrays, args.calls, args.repeats),
+        "batch_of_10_document_us": per_call_us(document, args.calls, args.repeats),
+        "sdk_record_us": per_call_us(
+            lambda: sdk.record(0.001, ATTRIBUTES), args.calls * 10, args.repeats
+        ),
+        "local_record_us": per_call_us(
+            lambda: local.record(0.001, ATTRIBUTES), args.calls * 10, args.repeats
+        ),
+    }
+    telemetry.shutdown()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
