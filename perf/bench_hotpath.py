@@ -2,7 +2,8 @@
 
 1. Building the parameters of one `write_batch` call for ten pings: psycopg dumping one
    text array per column (the form used before sql/shard/0009), against the JSON
-   document that the writer sends now.
+   document that the writer sends now. The same for one `insert_alerts` call of 100
+   down events (arrays before sql/shard/0010).
 2. One histogram record with four attributes: the OpenTelemetry SDK's `Histogram.record`
    against `LocalHistogram.record`.
 
@@ -21,6 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,17 @@ from psycopg.adapt import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from serverlord.alerting.notifications import iso_time
 from serverlord.observability.histograms import LocalHistogram
 from serverlord.observability.telemetry import LATENCY_BUCKETS, Telemetry
-from serverlord.shardproc.writer import WRITE_BATCH, PingRow, batch_document
+from serverlord.shardproc.alerts import AlertEvent
+from serverlord.shardproc.writer import (
+    INSERT_ALERTS,
+    WRITE_BATCH,
+    PingRow,
+    alert_document,
+    batch_document,
+)
 
 # The statement and parameters of write_batch before it took a JSON document.
 ARRAY_STATEMENT = (
@@ -40,6 +50,11 @@ ARRAY_STATEMENT = (
     " %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::int[], %s::float8[],"
     " %s::uuid[], %s::text[], %s::float8[], %s::float8[], %s::uuid[], %s::float8[], %s::int[],"
     " %s::uuid[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::float8[])"
+)
+ALERT_ARRAY_STATEMENT = (
+    "SELECT insert_alerts(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[], %s::integer[],"
+    " %s::timestamptz[])"
 )
 PING_WIDTH = len(PingRow._fields)
 STATE_WIDTH = 7
@@ -78,6 +93,36 @@ def sample_batch(size: int) -> tuple[list[PingRow], list[tuple[Any, ...]]]:
         )
         states.append((check_id, "up", now, None, None, None, 5))
     return pings, states
+
+
+def sample_alerts(size: int) -> list[AlertEvent]:
+    now = time.time()
+    return [
+        AlertEvent(str(uuid.uuid4()), "down", now - 1.5, "down", "timeout", now, now - 61.0)
+        for _ in range(size)
+    ]
+
+
+def alert_arrays(alerts: list[AlertEvent]) -> list[list[Any]]:
+    """Return insert_alerts' arguments in their form before sql/shard/0010."""
+    rows = [
+        (
+            alert.check_id,
+            repr(alert.event_time),
+            alert.kind,
+            datetime.fromtimestamp(alert.event_time, UTC),
+            alert.status,
+            alert.reason,
+            iso_time(alert.event_time),
+            None if alert.last_ping is None else iso_time(alert.last_ping),
+            None,
+            False,
+            alert.exitstatus,
+            datetime.fromtimestamp(alert.due, UTC),
+        )
+        for alert in alerts
+    ]
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def columns(rows: list[Any], width: int) -> list[list[Any]]:
@@ -123,6 +168,14 @@ def main() -> None:
     def document() -> None:
         dump(WRITE_BATCH, [OWNER, batch_document(pings, states, [])])
 
+    alerts = sample_alerts(100)
+
+    def alerts_as_arrays() -> None:
+        dump(ALERT_ARRAY_STATEMENT, alert_arrays(alerts))
+
+    def alerts_as_document() -> None:
+        dump(INSERT_ALERTS, [alert_document(alerts)])
+
     telemetry = Telemetry("web", env={})
     sdk = telemetry.meter.create_histogram(
         "sdk", unit="s", explicit_bucket_boundaries_advisory=LATENCY_BUCKETS
@@ -132,6 +185,10 @@ def main() -> None:
     result = {
         "batch_of_10_arrays_us": per_call_us(arrays, args.calls, args.repeats),
         "batch_of_10_document_us": per_call_us(document, args.calls, args.repeats),
+        "alerts_of_100_arrays_us": per_call_us(alerts_as_arrays, args.calls // 10, args.repeats),
+        "alerts_of_100_document_us": per_call_us(
+            alerts_as_document, args.calls // 10, args.repeats
+        ),
         "sdk_record_us": per_call_us(
             lambda: sdk.record(0.001, ATTRIBUTES), args.calls * 10, args.repeats
         ),

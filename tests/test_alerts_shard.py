@@ -5,11 +5,13 @@ The deliverer is not running here: the tests read the outbox rows the shard wrot
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
 import psycopg
 
+from serverlord.alerting.notifications import BODY_EXCERPT_LIMIT
 from tests.shardharness import Harness, harness, run, ts
 
 CHANNEL = uuid.UUID("00000000-0000-4000-8000-00000000c0de")
@@ -209,5 +211,46 @@ def test_flapping_check_rate_limited(shard_dsn: str) -> None:
         assert kinds.count("flapping") == 1
         assert len(kinds) < 200
         assert kinds[-1] == "up"  # the final state is delivered
+
+    play(shard_dsn, scenario)
+
+
+def test_alert_document_keeps_every_field(shard_dsn: str) -> None:
+    """A fail ping's notification keeps its times, cut body and exit status exactly."""
+    body = ("\u00e9" * 5 + "\x00" + "x" * 20000).encode()
+
+    async def scenario(h: Harness) -> None:
+        check = await with_channel(h, timeout_s=900, grace_s=300, name='nightly "db"')
+        await h.ping(check, at="2024-01-01T10:00:00Z")
+        h.at("2024-01-01T10:05:00.123456Z")
+        status, _ = await h.service.handle(
+            "ping",
+            {
+                "id": check,
+                "signal": "fail",
+                "exitstatus": 255,
+                "body": base64.b64encode(body).decode(),
+            },
+        )
+        assert status == 200
+
+        with psycopg.connect(h.dsn) as conn:
+            row = conn.execute(
+                "SELECT payload, extract(epoch FROM event_time)::float8, kind, channel_id"
+                " FROM notifications WHERE check_id = %s",
+                (check,),
+            ).fetchone()
+        assert row is not None
+        payload, event_time, kind, channel = row
+
+        assert abs(event_time - ts("2024-01-01T10:05:00.123456Z")) < 1e-5
+        assert kind == "down"
+        assert channel == CHANNEL
+        assert payload["name"] == 'nightly "db"'
+        assert payload["last_ping"] == "2024-01-01T10:05:00+00:00"
+        assert payload["exitstatus"] == 255
+        assert payload["body_truncated"] is True
+        assert payload["body"].startswith("\u00e9" * 5 + "\ufffd" + "x")
+        assert len(payload["body"]) == BODY_EXCERPT_LIMIT
 
     play(shard_dsn, scenario)

@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -483,10 +482,6 @@ def _flip_time(flip: FlipRow) -> float:
 STATE_WIDTH = 7
 
 
-def _ts(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
-
-
 NEW_CHECK_COLUMNS = (
     "project_id",
     "name",
@@ -544,7 +539,7 @@ async def _write_plain(
     query = WRITE_BATCH
     if batch.alerts:
         query = WRITE_BATCH_AND_ALERTS
-        params += _alert_columns(batch.alerts)
+        params.append(alert_document(batch.alerts))
     await conn.set_autocommit(True)
     try:
         cursor = await conn.execute(query, params)
@@ -590,7 +585,7 @@ async def _write(
         await cursor.execute(WRITE_BATCH, _batch_params(owner_token, batch, states))
 
         if batch.alerts:
-            await cursor.execute(INSERT_ALERTS, _alert_columns(batch.alerts))
+            await cursor.execute(INSERT_ALERTS, [alert_document(batch.alerts)])
             row = await cursor.fetchone()
             batch.alerts_inserted = 0 if row is None else int(row[0])
 
@@ -610,16 +605,12 @@ async def _write(
 # insert_alerts stores one notification per channel of each alerting check. It takes the
 # whole batch in one call, because a burst of thousands of flips must not cost thousands
 # of round trips.
-ALERT_PARAMS = (
-    "%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::text[], %s::boolean[], %s::integer[], %s::timestamptz[]"
-)
-INSERT_ALERTS = f"SELECT insert_alerts({ALERT_PARAMS})"
-WRITE_BATCH_AND_ALERTS = WRITE_BATCH + f", insert_alerts({ALERT_PARAMS})"
+INSERT_ALERTS = "SELECT insert_alerts(%s::jsonb)"
+WRITE_BATCH_AND_ALERTS = WRITE_BATCH + ", insert_alerts(%s::jsonb)"
 
 
-def _alert_columns(alerts: list[AlertEvent]) -> list[list[Any]]:
-    """Return the insert_alerts arguments for `alerts`, one list per column."""
+def alert_document(alerts: Sequence[AlertEvent]) -> str:
+    """Return the JSON document that `insert_alerts` takes for `alerts`, one row each."""
     rows = []
     for alert in alerts:
         text = None
@@ -631,7 +622,7 @@ def _alert_columns(alerts: list[AlertEvent]) -> list[list[Any]]:
                 alert.check_id,
                 repr(alert.event_time),
                 alert.kind,
-                _ts(alert.event_time),
+                alert.event_time,
                 alert.status,
                 alert.reason,
                 iso_time(alert.event_time),
@@ -639,7 +630,7 @@ def _alert_columns(alerts: list[AlertEvent]) -> list[list[Any]]:
                 None if text is None else text[:BODY_EXCERPT_LIMIT],
                 text is not None and len(text) > BODY_EXCERPT_LIMIT,
                 alert.exitstatus,
-                _ts(alert.due),
+                alert.due,
             )
         )
-    return [list(column) for column in zip(*rows, strict=True)]
+    return orjson.dumps(rows).decode()
