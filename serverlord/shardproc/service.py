@@ -46,6 +46,10 @@ OpHandler = Callable[[dict[str, Any]], Awaitable[Response]]
 
 NOT_FOUND: Response = (404, {"error": "not found"})
 SIGNALS: frozenset[str] = frozenset({"success", "start", "fail", "log"})
+# pings.body_size is a PostgreSQL integer, but the web tier reads and counts bodies of any
+# length, and a size beyond the column would fail the whole batch. NOTE: a stored size of
+# BODY_SIZE_MAX means "at least that many bytes".
+BODY_SIZE_MAX = 2**31 - 1
 
 
 def unavailable(reason: str) -> Response:
@@ -252,7 +256,7 @@ class ShardService:
             remote_addr=args.get("remote_addr", ""),
             ua=ua,
             body=body,
-            body_size=args.get("body_size", 0 if body is None else len(body)),
+            body_size=min(args.get("body_size", 0 if body is None else len(body)), BODY_SIZE_MAX),
             duration=outcome.duration,
         )
         flip = None

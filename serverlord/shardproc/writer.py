@@ -405,13 +405,14 @@ class Writer:
         states = self._snapshot(batch.touched - batch.deleted)
         started = time.perf_counter()
         try:
+            documents = batch_documents(batch.pings, states, batch.flips)
             async with self._semaphore, self._pool.connection() as conn:
-                if batch.is_plain():
-                    await _write_plain(conn, self._owner_token, batch, states)
+                if batch.is_plain() and len(documents) == 1:
+                    await _write_plain(conn, self._owner_token, batch, documents[0])
                 else:
                     async with conn.transaction():
                         await self._check_owner(conn)
-                        await _write(conn, self._owner_token, batch, states)
+                        await _write(conn, self._owner_token, batch, documents)
         except (psycopg.Error, OSError, OwnershipLost) as exc:
             log.error("commit of %d changes failed, the callers get an error: %s", len(batch), exc)
             self._report_commit(batch, started, exc)
@@ -508,8 +509,24 @@ WRITE_BATCH = "SELECT write_batch(%s::uuid, %s::jsonb)"
 OWNERSHIP_LOST_STATE = "SL001"
 
 
-def _batch_params(owner_token: str, batch: Batch, states: list[tuple[Any, ...]]) -> list[Any]:
-    return [owner_token, batch_document(batch.pings, states, batch.flips)]
+# PostgreSQL (18 here) rejects a jsonb array whose elements take more than 268,435,455
+# bytes, and 2,100 pings with 100 kB bodies, base64-encoded, take more. A document
+# longer than this many characters is split, well below that limit.
+DOCUMENT_LIMIT = 64 * 1024 * 1024
+
+
+def batch_documents(
+    pings: Sequence[PingRow], states: Sequence[tuple[Any, ...]], flips: Sequence[FlipRow]
+) -> list[str]:
+    """Return the documents that store these rows, in order, each within DOCUMENT_LIMIT.
+
+    Usually this is one document. Only the last one carries the states and flips.
+    """
+    document = batch_document(pings, states, flips)
+    if len(document) <= DOCUMENT_LIMIT or len(pings) < 2:
+        return [document]
+    half = len(pings) // 2
+    return batch_documents(pings[:half], [], []) + batch_documents(pings[half:], states, flips)
 
 
 def batch_document(
@@ -529,13 +546,10 @@ def _json_value(value: Any) -> Any:
 
 
 async def _write_plain(
-    conn: psycopg.AsyncConnection[Any],
-    owner_token: str,
-    batch: Batch,
-    states: list[tuple[Any, ...]],
+    conn: psycopg.AsyncConnection[Any], owner_token: str, batch: Batch, document: str
 ) -> None:
     """Store a batch of pings, flips, states and alerts with one statement, which commits."""
-    params = _batch_params(owner_token, batch, states)
+    params: list[Any] = [owner_token, document]
     query = WRITE_BATCH
     if batch.alerts:
         query = WRITE_BATCH_AND_ALERTS
@@ -556,10 +570,7 @@ async def _write_plain(
 
 
 async def _write(
-    conn: psycopg.AsyncConnection[Any],
-    owner_token: str,
-    batch: Batch,
-    states: list[tuple[Any, ...]],
+    conn: psycopg.AsyncConnection[Any], owner_token: str, batch: Batch, documents: list[str]
 ) -> None:
     async with conn.cursor() as cursor:
         if batch.new_checks:
@@ -582,7 +593,8 @@ async def _write(
                 (*fields.values(), check_id),
             )
 
-        await cursor.execute(WRITE_BATCH, _batch_params(owner_token, batch, states))
+        for document in documents:
+            await cursor.execute(WRITE_BATCH, (owner_token, document))
 
         if batch.alerts:
             await cursor.execute(INSERT_ALERTS, [alert_document(batch.alerts)])
