@@ -1,18 +1,21 @@
-"""WAL written per ping by the shard's batch statement, under server settings to compare.
+"""WAL and backend CPU per ping of the shard's batch statement, under settings to compare.
 
-Usage: .venv/bin/python perf/bench_wal.py [--checks 100000] [--batches 1500] [--size 10]
+Usage: .venv/bin/python perf/bench_wal.py [--checks 100000] [--batches 1500] [--size 10 ...]
 
 Starts an embedded PostgreSQL in a temporary folder, creates one migrated shard database
 with --checks checks, and calls write_batch (the statement the shard writer sends) with
 --size pings of random checks per call, --batches times per setting. Each run starts
 right after a CHECKPOINT, so the first change of every page writes a full-page image,
-as it does in a server that runs for hours. Prints WAL bytes per ping and milliseconds
-per batch for each setting, measured one after the other in this run.
+as it does in a server that runs for hours. Prints WAL bytes per ping, milliseconds per
+batch and the backend's CPU (user + system, read from /proc) per batch and per ping for
+each setting, measured one after the other in this run. Several --size values give the
+cost of a transaction apart from the cost of a ping.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -34,10 +37,13 @@ from serverlord.shardproc.writer import WRITE_BATCH, PingRow, batch_document
 
 def measure(
     conn: psycopg.Connection[Any], token: str, ids: list[str], batches: int, size: int
-) -> tuple[float, float]:
-    """Return (WAL bytes per ping, milliseconds per batch) of `batches` calls."""
+) -> tuple[float, float, float]:
+    """Return (WAL bytes per ping, milliseconds per batch, backend CPU µs per batch)."""
     conn.execute("CHECKPOINT")
     start = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+    backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert backend is not None
+    cpu_before = process_cpu_seconds(backend[0])
     started = time.perf_counter()
     for _ in range(batches):
         now = time.time()
@@ -66,17 +72,24 @@ def measure(
             [token, batch_document(pings, states, [])],
         )
     elapsed = time.perf_counter() - started
+    cpu = process_cpu_seconds(backend[0]) - cpu_before
     assert start is not None
     row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (start[0],)).fetchone()
     assert row is not None
-    return float(row[0]) / (batches * size), elapsed / batches * 1000
+    return float(row[0]) / (batches * size), elapsed / batches * 1000, cpu / batches * 1e6
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Return the user + system CPU seconds of a process on this machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checks", type=int, default=100_000)
     parser.add_argument("--batches", type=int, default=1500)
-    parser.add_argument("--size", type=int, default=10, help="pings per batch")
+    parser.add_argument("--size", type=int, nargs="+", default=[10], help="pings per batch")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-wal-"))
     database, admin = start_database(workdir / "data", {})
@@ -96,10 +109,13 @@ def main() -> None:
             for value in ("off", "pglz"):
                 conn.execute(f"ALTER SYSTEM SET wal_compression = '{value}'")
                 conn.execute("SELECT pg_reload_conf()")
-                wal, ms = measure(conn, token, ids, args.batches, args.size)
-                print(
-                    f"wal_compression={value}: {wal:.0f} WAL bytes per ping, {ms:.2f} ms per batch"
-                )
+                for size in args.size:
+                    wal, ms, cpu = measure(conn, token, ids, args.batches, size)
+                    print(
+                        f"wal_compression={value}, {size} pings per batch: {wal:.0f} WAL"
+                        f" bytes per ping, {ms:.2f} ms and {cpu:.0f} µs of backend CPU per"
+                        f" batch, {cpu / size:.1f} µs per ping"
+                    )
     finally:
         database.stop()
 
