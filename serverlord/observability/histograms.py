@@ -15,6 +15,7 @@ histogram: bucket i counts values above bound i-1 up to and including bound i.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,9 +53,9 @@ class _Series:
 class LocalHistogram:
     """A cumulative explicit-bucket histogram kept in this process.
 
-    `record` runs on the event loop thread only. A reader on another thread (the OTLP
-    export thread) copies each series' counts in one step, and derives the count from
-    them, so an exported point's count always equals the sum of its buckets.
+    `record` runs on the event loop thread, and the OTLP export thread copies the series.
+    A lock makes each record and each copy atomic. Without it, an export that ran in the
+    middle of records sent delta points whose sum, min and max belonged to other windows.
     """
 
     def __init__(self, name: str, unit: str, description: str, bounds: Sequence[float]) -> None:
@@ -64,16 +65,23 @@ class LocalHistogram:
         self.bounds = tuple(float(bound) for bound in bounds)
         self.start_time_unix_nano = time.time_ns()
         self._series: dict[SeriesKey, _Series] = {}
+        self._lock = threading.Lock()
 
     def record(self, value: float, attributes: Attributes | None = None) -> None:
         key: SeriesKey = tuple(attributes.items()) if attributes else ()
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series(len(self.bounds) + 1)
-        series.counts[bisect_left(self.bounds, value)] += 1
-        series.total += value
-        series.low = min(series.low, value)
-        series.high = max(series.high, value)
+        bucket = bisect_left(self.bounds, value)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(len(self.bounds) + 1)
+            series.counts[bucket] += 1
+            series.total += value
+            # Comparisons instead of min() and max() save about 0.2 µs per record, about what
+            # the lock costs (timeit, Python 3.11).
+            if value < series.low:  # noqa: PLR1730
+                series.low = value
+            if value > series.high:  # noqa: PLR1730
+                series.high = value
 
     def points(
         self, reset_extremes: bool = False
@@ -84,11 +92,12 @@ class LocalHistogram:
         call reports those of the values recorded in between (a delta exporter's window).
         """
         points = []
-        for key, series in list(self._series.items()):
-            points.append((key, list(series.counts), series.total, series.low, series.high))
-            if reset_extremes:
-                series.low = math.inf
-                series.high = -math.inf
+        with self._lock:
+            for key, series in self._series.items():
+                points.append((key, list(series.counts), series.total, series.low, series.high))
+                if reset_extremes:
+                    series.low = math.inf
+                    series.high = -math.inf
         return points
 
     def metric(self, now_unix_nano: int | None = None) -> Metric | None:
@@ -145,8 +154,6 @@ class _DeltaState:
 
     def metric(self, histogram: LocalHistogram, now: int) -> Metric | None:
         data_points = []
-        # A value recorded while its series is copied can miss this window's min or max,
-        # or count in one window and add to the sum of the next. Totals stay exact.
         for key, counts, total, low, high in histogram.points(reset_extremes=True):
             sent_counts, sent_total = self.sent.get(key, ([0] * len(counts), 0.0))
             delta = [count - before for count, before in zip(counts, sent_counts, strict=True)]
