@@ -6,6 +6,8 @@
    down events (arrays before sql/shard/0010).
 2. One histogram record with four attributes: the OpenTelemetry SDK's `Histogram.record`
    against `LocalHistogram.record`.
+3. One GET ping through the web tier's Falcon app, called in-process with a stub shard
+   router that answers at once: the app's share of a ping, without uvicorn and sockets.
 
 Needs no database and no server. CPU time per call, median of --repeats runs of
 --calls calls each. Prints JSON.
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from psycopg._queries import PostgresQuery
 from psycopg.adapt import Transformer
 
@@ -42,6 +47,8 @@ from serverlord.shardproc.writer import (
     alert_document,
     batch_document,
 )
+from serverlord.web.app import create_app
+from serverlord.web.shards import ShardConnection, ShardRouter
 
 # The statement and parameters of write_batch before it took a JSON document.
 ARRAY_STATEMENT = (
@@ -125,6 +132,64 @@ def alert_arrays(alerts: list[AlertEvent]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+class StubConnection(ShardConnection):
+    """A shard connection that answers every ping at once, without a socket."""
+
+    async def _request(self, op: str, args: dict[str, Any]) -> tuple[int, Any]:
+        return 200, {"n": 1, "signal": "success", "late_start": False}
+
+
+class StubRouter(ShardRouter):
+    def __init__(self) -> None:
+        self.connections = [StubConnection(shard, "", 10.0) for shard in range(4)]
+
+    def shard_of(self, check_id: uuid.UUID) -> int:
+        return check_id.int % len(self.connections)
+
+
+def ping_scope(check_id: str) -> dict[str, Any]:
+    path = f"/ping/{check_id}"
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 40000),
+        "scheme": "http",
+        "method": "GET",
+        "root_path": "",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1:8080"), (b"user-agent", b"curl/8")],
+    }
+
+
+def falcon_ping_us(calls: int, repeats: int) -> float:
+    """Return the median CPU µs of one GET ping through the app, over `repeats` runs."""
+    os.environ.setdefault("RUNTIME_DIR", tempfile.mkdtemp(prefix="bench-hotpath-"))
+    app = create_app(StubRouter())
+    scopes = [ping_scope(str(uuid.uuid4())) for _ in range(1000)]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"the ping got status {message['status']}")
+
+    async def run() -> list[float]:
+        runs = []
+        for _ in range(repeats + 1):
+            started = time.process_time()
+            for index in range(calls):
+                await app(scopes[index % len(scopes)], receive, send)
+            runs.append((time.process_time() - started) / calls * 1e6)
+        return runs[1:]
+
+    return round(statistics.median(uvloop.run(run())), 2)
+
+
 def columns(rows: list[Any], width: int) -> list[list[Any]]:
     if not rows:
         return [[] for _ in range(width)]
@@ -197,6 +262,7 @@ def main() -> None:
         ),
     }
     telemetry.shutdown()
+    result["falcon_get_ping_us"] = falcon_ping_us(args.calls * 3, args.repeats)
     print(json.dumps(result, indent=2))
 
 
