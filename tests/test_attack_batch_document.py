@@ -27,6 +27,7 @@ import pytest
 from psycopg import conninfo
 
 from serverlord.alerting.channels import create_channel
+from serverlord.shardproc.alerts import AlertEvent
 from tests.conftest import create_database
 from tests.server import Server, request, running_server, server_env
 from tests.shardharness import Harness, harness, run
@@ -184,6 +185,36 @@ def test_batch_with_check_writes_commits(shard_dsn: str) -> None:
             assert alerts == [("down", "boom")]
 
     run(body())
+
+
+def test_alerts_with_long_excerpts_commit(shard_dsn: str) -> None:
+    """7,000 down alerts with 10,000-character excerpts of 4-byte characters pass 256 MiB."""
+    count = 7000
+    body = ("\U0001f600" * 10_000).encode()
+
+    async def body_of_test() -> None:
+        async with harness(shard_dsn) as h:
+            checks = [await with_channel(h) for _ in range(7)]
+            start = h.clock.time()
+            events = [
+                AlertEvent(
+                    checks[index % 7], "down", start + index, "down", "fail", start, None, body
+                )
+                for index in range(count)
+            ]
+            await asyncio.wait_for(h.service.writer.alert(events), GIVE_UP)
+            rows = await fetch_all(
+                shard_dsn,
+                "SELECT count(*), count(DISTINCT payload->>'body') FROM notifications",
+                (),
+            )
+            assert rows == [(count, 1)]
+            excerpt = await fetch_all(
+                shard_dsn, "SELECT payload->>'body' FROM notifications LIMIT 1", ()
+            )
+            assert excerpt == [(body.decode(),)]
+
+    run(body_of_test())
 
 
 def test_flip_only_batches_commit(shard_dsn: str) -> None:

@@ -406,13 +406,14 @@ class Writer:
         started = time.perf_counter()
         try:
             documents = batch_documents(batch.pings, states, batch.flips)
+            alerts = alert_documents(batch.alerts)
             async with self._semaphore, self._pool.connection() as conn:
-                if batch.is_plain() and len(documents) == 1:
-                    await _write_plain(conn, self._owner_token, batch, documents[0])
+                if batch.is_plain() and len(documents) == 1 and len(alerts) <= 1:
+                    await _write_plain(conn, self._owner_token, batch, documents[0], alerts)
                 else:
                     async with conn.transaction():
                         await self._check_owner(conn)
-                        await _write(conn, self._owner_token, batch, documents)
+                        await _write(conn, self._owner_token, batch, documents, alerts)
         except (psycopg.Error, OSError, OwnershipLost) as exc:
             log.error("commit of %d changes failed, the callers get an error: %s", len(batch), exc)
             self._report_commit(batch, started, exc)
@@ -511,8 +512,10 @@ OWNERSHIP_LOST_STATE = "SL001"
 
 # PostgreSQL (18 here) rejects a jsonb array whose elements take more than 268,435,455
 # bytes, and 2,100 pings with 100 kB bodies, base64-encoded, take more. A document
-# longer than this many characters is split, well below that limit.
-DOCUMENT_LIMIT = 64 * 1024 * 1024
+# longer than this many characters is split. A character takes at most 4 bytes in UTF-8,
+# so the text of a document takes at most half of PostgreSQL's limit, which leaves room
+# for the overhead that jsonb adds to each value.
+DOCUMENT_LIMIT = 32 * 1024 * 1024
 
 
 def batch_documents(
@@ -520,7 +523,9 @@ def batch_documents(
 ) -> list[str]:
     """Return the documents that store these rows, in order, each within DOCUMENT_LIMIT.
 
-    Usually this is one document. Only the last one carries the states and flips.
+    Usually this is one document. Only the last one carries the states and flips. A single
+    ping longer than the limit stays one document, which the web tier's frame limit of
+    8 MiB makes impossible.
     """
     document = batch_document(pings, states, flips)
     if len(document) <= DOCUMENT_LIMIT or len(pings) < 2:
@@ -546,18 +551,25 @@ def _json_value(value: Any) -> Any:
 
 
 async def _write_plain(
-    conn: psycopg.AsyncConnection[Any], owner_token: str, batch: Batch, document: str
+    conn: psycopg.AsyncConnection[Any],
+    owner_token: str,
+    batch: Batch,
+    document: str,
+    alerts: list[str],
 ) -> None:
-    """Store a batch of pings, flips, states and alerts with one statement, which commits."""
+    """Store a batch of pings, flips, states and alerts with one statement, which commits.
+
+    `alerts` contains at most one document.
+    """
     params: list[Any] = [owner_token, document]
     query = WRITE_BATCH
-    if batch.alerts:
+    if alerts:
         query = WRITE_BATCH_AND_ALERTS
-        params.append(alert_document(batch.alerts))
+        params += alerts
     await conn.set_autocommit(True)
     try:
         cursor = await conn.execute(query, params)
-        if batch.alerts:
+        if alerts:
             row = await cursor.fetchone()
             batch.alerts_inserted = 0 if row is None else int(row[1])
     except psycopg.Error as exc:
@@ -570,7 +582,11 @@ async def _write_plain(
 
 
 async def _write(
-    conn: psycopg.AsyncConnection[Any], owner_token: str, batch: Batch, documents: list[str]
+    conn: psycopg.AsyncConnection[Any],
+    owner_token: str,
+    batch: Batch,
+    documents: list[str],
+    alerts: list[str],
 ) -> None:
     async with conn.cursor() as cursor:
         if batch.new_checks:
@@ -596,10 +612,10 @@ async def _write(
         for document in documents:
             await cursor.execute(WRITE_BATCH, (owner_token, document))
 
-        if batch.alerts:
-            await cursor.execute(INSERT_ALERTS, [alert_document(batch.alerts)])
+        for document in alerts:
+            await cursor.execute(INSERT_ALERTS, [document])
             row = await cursor.fetchone()
-            batch.alerts_inserted = 0 if row is None else int(row[0])
+            batch.alerts_inserted += 0 if row is None else int(row[0])
 
         # After the inserts, so that a held notice queued in this same batch is cancelled.
         if batch.cancel_held:
@@ -619,6 +635,17 @@ async def _write(
 # of round trips.
 INSERT_ALERTS = "SELECT insert_alerts(%s::jsonb)"
 WRITE_BATCH_AND_ALERTS = WRITE_BATCH + ", insert_alerts(%s::jsonb)"
+
+
+def alert_documents(alerts: Sequence[AlertEvent]) -> list[str]:
+    """Return the documents that store these alerts, each within DOCUMENT_LIMIT, or none."""
+    if not alerts:
+        return []
+    document = alert_document(alerts)
+    if len(document) <= DOCUMENT_LIMIT or len(alerts) < 2:
+        return [document]
+    half = len(alerts) // 2
+    return alert_documents(alerts[:half]) + alert_documents(alerts[half:])
 
 
 def alert_document(alerts: Sequence[AlertEvent]) -> str:
