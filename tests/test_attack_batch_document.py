@@ -595,3 +595,31 @@ async def _add_channel(dsn: str, project_id: int, config: dict[str, Any]) -> Non
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         await create_channel(conn, project_id, "hook", "webhook", config)
         await conn.commit()
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason="a body above about 6.2 MB makes a ping frame longer than the 8 MiB frame limit"
+    " of serverlord/protocol.py, while PING_BODY_LIMIT accepts up to 10,000,000 bytes",
+)
+def test_body_within_largest_limit_stored(
+    pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    catalog = create_database(pg_admin_dsn, "biglimit")
+    env = server_env(
+        catalog,
+        Path(tempfile.mkdtemp(prefix="sl-big-", dir="/tmp")),
+        shard_count=1,
+        PING_BODY_LIMIT="10000000",
+    )
+    body = b"z" * 7_000_000
+    with running_server(env, tmp_path_factory.mktemp("big") / "server.log") as server:
+        server.extra["catalog"] = catalog
+        check = new_check(server)
+        head = ping_head(check, headers={"Content-Length": str(len(body)).encode()})
+        status, _ = raw_request(server, head, body)
+        stored = stored_pings(server, check) if status == 200 else []
+
+    assert status == 200
+    assert [bytes(row["body"]) for row in stored] == [body]
