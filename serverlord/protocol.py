@@ -16,9 +16,10 @@ import orjson
 
 HEADER = struct.Struct(">I")
 
-# A ping body is capped well below this; the cap only bounds what a broken or hostile peer
-# can make the other side buffer.
-MAX_FRAME = 8 * 1024 * 1024
+# A ping's frame carries its body in base64: 13,333,336 bytes at the largest
+# PING_BODY_LIMIT (10,000,000), plus a few hundred bytes of other fields. Beyond that, the
+# cap bounds what a broken or hostile peer can make the other side buffer.
+MAX_FRAME = 16 * 1024 * 1024
 
 
 class ProtocolError(Exception):

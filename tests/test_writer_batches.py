@@ -6,7 +6,9 @@ import asyncio
 import base64
 
 import psycopg
+import pytest
 
+from serverlord.shardproc.writer import PingRow, WriteFailed
 from tests.shardharness import Harness, harness, run
 
 # A linger this long would stall any batch that waited for it; the tests below finish
@@ -194,5 +196,26 @@ def test_batch_document_keeps_every_field(shard_dsn: str) -> None:
             assert rows[1][:2] == ("fail", 255)
             assert state is not None and state[1] == rid
             assert state[2] is not None and abs(state[2] - started) < 1e-5
+
+    run(body())
+
+
+def test_unserializable_row_fails_only_its_batch(shard_dsn: str) -> None:
+    """A row that JSON cannot carry fails its batch, and the writer keeps committing."""
+
+    async def body() -> None:
+        async with harness(shard_dsn, commit_linger=0.0) as h:
+            check = await h.create()
+            other = await h.create()
+            row = PingRow(
+                check, 1, h.clock.time(), "fail", 2**70, None, "http", "GET", "", "", None, 0, None
+            )
+            with pytest.raises(WriteFailed):
+                await asyncio.wait_for(h.service.writer.ping(row, None), GIVE_UP)
+
+            status, _ = await asyncio.wait_for(h.service.handle("ping", ping_args(other)), GIVE_UP)
+            assert status == 200
+            assert await stored_pings(shard_dsn, other) == 1
+            assert await stored_pings(shard_dsn, check) == 0
 
     run(body())

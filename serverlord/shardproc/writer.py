@@ -414,7 +414,7 @@ class Writer:
                     async with conn.transaction():
                         await self._check_owner(conn)
                         await _write(conn, self._owner_token, batch, documents, alerts)
-        except (psycopg.Error, OSError, OwnershipLost) as exc:
+        except (psycopg.Error, OSError, OwnershipLost, orjson.JSONEncodeError) as exc:
             log.error("commit of %d changes failed, the callers get an error: %s", len(batch), exc)
             self._report_commit(batch, started, exc)
             self._on_failure(batch.touched | {row.check_id for row in batch.new_checks})
@@ -525,7 +525,7 @@ def batch_documents(
 
     Usually this is one document. Only the last one carries the states and flips. A single
     ping longer than the limit stays one document, which the web tier's frame limit of
-    8 MiB makes impossible.
+    16 MiB makes impossible.
     """
     document = batch_document(pings, states, flips)
     if len(document) <= DOCUMENT_LIMIT or len(pings) < 2:
