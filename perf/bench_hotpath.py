@@ -34,7 +34,10 @@ import uvloop
 from psycopg._queries import PostgresQuery
 from psycopg.adapt import Transformer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_wal import sample_rows
 
 from serverlord.alerting.notifications import iso_time
 from serverlord.observability.histograms import LocalHistogram
@@ -73,33 +76,6 @@ ATTRIBUTES: dict[str, str | int] = {
     "http.response.status_code": 200,
     "http.route": "/ping/{code}",
 }
-
-
-def sample_batch(size: int) -> tuple[list[PingRow], list[tuple[Any, ...]]]:
-    now = time.time()
-    pings = []
-    states = []
-    for _ in range(size):
-        check_id = str(uuid.uuid4())
-        pings.append(
-            PingRow(
-                check_id,
-                5,
-                now,
-                "success",
-                None,
-                None,
-                "http",
-                "GET",
-                "127.0.0.1",
-                "curl/8",
-                None,
-                0,
-                None,
-            )
-        )
-        states.append((check_id, "up", now, None, None, None, 5))
-    return pings, states
 
 
 def sample_alerts(size: int) -> list[AlertEvent]:
@@ -219,7 +195,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    pings, states = sample_batch(10)
+    pings, states = sample_rows([str(uuid.uuid4()) for _ in range(10)], time.time())
 
     def arrays() -> None:
         params = [

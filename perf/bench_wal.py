@@ -48,25 +48,7 @@ def measure(
     for _ in range(batches):
         now = time.time()
         picked = random.sample(ids, size)
-        pings = [
-            PingRow(
-                check_id,
-                1,
-                now,
-                "success",
-                None,
-                None,
-                "http",
-                "GET",
-                "127.0.0.1",
-                "curl/8",
-                None,
-                0,
-                None,
-            )
-            for check_id in picked
-        ]
-        states = [(check_id, "up", now, None, None, None, 1) for check_id in picked]
+        pings, states = sample_rows(picked, now)
         conn.execute(
             WRITE_BATCH,
             [token, batch_document(pings, states, [])],
@@ -77,6 +59,30 @@ def measure(
     row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (start[0],)).fetchone()
     assert row is not None
     return float(row[0]) / (batches * size), elapsed / batches * 1000, cpu / batches * 1e6
+
+
+def sample_rows(check_ids: list[str], now: float) -> tuple[list[PingRow], list[tuple[Any, ...]]]:
+    """Return a success ping of each check and each check's new state, as the writer sends them."""
+    pings = [
+        PingRow(
+            check_id,
+            1,
+            now,
+            "success",
+            None,
+            None,
+            "http",
+            "GET",
+            "127.0.0.1",
+            "curl/8",
+            None,
+            0,
+            None,
+        )
+        for check_id in check_ids
+    ]
+    states = [(check_id, "up", now, None, None, None, 1) for check_id in check_ids]
+    return pings, states
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -34,6 +34,24 @@ def iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
+# The fields of a new check that the tests do not set.
+CHECK_DEFAULTS: dict[str, Any] = {
+    "project_id": None,
+    "name": "job",
+    "slug": "",
+    "tags": "",
+    "description": "",
+    "kind": "simple",
+    "timeout_s": 3600,
+    "grace_s": 300,
+    "schedule": "* * * * *",
+    "tz": "UTC",
+    "max_runtime_s": None,
+    "manual_resume": False,
+    "methods": "",
+}
+
+
 class Harness:
     def __init__(self, service: ShardService, clock: FakeClock, dsn: str) -> None:
         self.service = service
@@ -52,23 +70,8 @@ class Harness:
 
     async def create(self, **fields: Any) -> str:
         check_id = str(uuid.uuid4())
-        defaults: dict[str, Any] = {
-            "project_id": None,
-            "name": "job",
-            "slug": "",
-            "tags": "",
-            "description": "",
-            "kind": "simple",
-            "timeout_s": 3600,
-            "grace_s": 300,
-            "schedule": "* * * * *",
-            "tz": "UTC",
-            "max_runtime_s": None,
-            "manual_resume": False,
-            "methods": "",
-        }
         status, body = await self.service.handle(
-            "create", {"id": check_id, "fields": {**defaults, **fields}}
+            "create", {"id": check_id, "fields": {**CHECK_DEFAULTS, **fields}}
         )
         assert status == 201, body
         return check_id

@@ -30,7 +30,7 @@ from serverlord.alerting.channels import create_channel
 from serverlord.shardproc.alerts import AlertEvent
 from tests.conftest import create_database
 from tests.server import Server, request, running_server, server_env
-from tests.shardharness import Harness, harness, run
+from tests.shardharness import CHECK_DEFAULTS, Harness, harness, run
 
 # Bound on each wait, so that a writer that stalls fails the test instead of hanging it.
 GIVE_UP = 60.0
@@ -139,21 +139,7 @@ def test_batch_with_check_writes_commits(shard_dsn: str) -> None:
             await h.ping(deleted)
             await h.settle()
             created = str(uuid.uuid4())
-            fields = {
-                "project_id": None,
-                "name": "made in the batch",
-                "slug": "",
-                "tags": "",
-                "description": "",
-                "kind": "simple",
-                "timeout_s": 3600,
-                "grace_s": 300,
-                "schedule": "* * * * *",
-                "tz": "UTC",
-                "max_runtime_s": None,
-                "manual_resume": False,
-                "methods": "",
-            }
+            fields = {**CHECK_DEFAULTS, "name": "made in the batch"}
             batches = record_batches(h)
             results = await asyncio.gather(
                 h.service.handle("create", {"id": created, "fields": fields}),

@@ -9,7 +9,6 @@ delta.
 
 from __future__ import annotations
 
-import re
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from serverlord.observability.shard import BATCH_BUCKETS
 from serverlord.observability.telemetry import LATENCY_BUCKETS
 from tests.conftest import create_database
 from tests.server import Server, request, running_server, server_env
+from tests.test_observability_metrics import Samples, scrape_all_workers, total
 from tests.test_observability_otlp import OtlpSink, attributes
 
 WEB_WORKERS = 2
@@ -73,10 +73,6 @@ OTLP_NAMES = {
     "serverlord.commit.duration": LATENCY_BUCKETS,
     "serverlord.commit.batch.size": BATCH_BUCKETS,
 }
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 def short_runtime_dir() -> Path:
@@ -94,38 +90,6 @@ def metrics_server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) 
     )
     with running_server(env, tmp_path_factory.mktemp("hist") / "server.log") as server:
         yield server
-
-
-def scrape(server: Server) -> Samples:
-    response = request("GET", f"{server.url}/metrics")
-    assert response.status == 200, response.text
-    samples: Samples = defaultdict(list)
-    for line in response.text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        assert match is not None, f"not a sample line: {line!r}"
-        name, labels, value = match.groups()
-        samples[name].append((dict(_LABEL.findall(labels or "")), float(value)))
-    return samples
-
-
-def scrape_all_workers(server: Server) -> Samples:
-    """Scrape until every web worker responds, since the last one may still be starting."""
-    deadline = time.monotonic() + WAIT
-    samples = scrape(server)
-    while total(samples, "serverlord_web_workers") < WEB_WORKERS and time.monotonic() < deadline:
-        time.sleep(0.2)
-        samples = scrape(server)
-    return samples
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    return sum(
-        value
-        for sample_labels, value in samples.get(name, [])
-        if all(sample_labels.get(key) == wanted for key, wanted in labels.items())
-    )
 
 
 def new_checks(server: Server) -> list[str]:
@@ -309,15 +273,9 @@ def series_points(points: list[Point]) -> dict[tuple[str, str, str], list[Any]]:
 
 @pytest.mark.e2e
 def test_cumulative_series_keep_start(pg_admin_dsn: str, tmp_path: Path, sink: OtlpSink) -> None:
-    with exporting_server(pg_admin_dsn, tmp_path / "server.log", sink, "cumulative") as server:
-        checks = new_checks(server)
-        for _ in range(3):
-            send_pings(server, checks, PINGS // 3)
-            exported = len(sink.metrics)
-            wait_for_exports(sink, exported + 2 * (WEB_WORKERS + SHARDS))
-        points = exported_points(sink)
+    series = points_over_three_exports(pg_admin_dsn, tmp_path / "server.log", sink, "cumulative")
 
-    for where, found in series_points(points).items():
+    for where, found in series.items():
         assert len({point.start_time_unix_nano for point in found}) == 1, where
         counts = [point.count for point in found]
         assert counts == sorted(counts), where
@@ -328,17 +286,25 @@ def test_cumulative_series_keep_start(pg_admin_dsn: str, tmp_path: Path, sink: O
 
 @pytest.mark.e2e
 def test_delta_windows_do_not_overlap(pg_admin_dsn: str, tmp_path: Path, sink: OtlpSink) -> None:
-    with exporting_server(pg_admin_dsn, tmp_path / "server.log", sink, "delta") as server:
+    series = points_over_three_exports(pg_admin_dsn, tmp_path / "server.log", sink, "delta")
+
+    for where, found in series.items():
+        for older, newer in pairwise(found):
+            assert newer.start_time_unix_nano >= older.time_unix_nano, where
+
+
+def points_over_three_exports(
+    pg_admin_dsn: str, log_path: Path, sink: OtlpSink, temporality: str
+) -> dict[tuple[str, str, str], list[Any]]:
+    """Send the pings in three parts, each followed by an export of every process."""
+    with exporting_server(pg_admin_dsn, log_path, sink, temporality) as server:
         checks = new_checks(server)
         for _ in range(3):
             send_pings(server, checks, PINGS // 3)
             exported = len(sink.metrics)
             wait_for_exports(sink, exported + 2 * (WEB_WORKERS + SHARDS))
         points = exported_points(sink)
-
-    for where, found in series_points(points).items():
-        for older, newer in pairwise(found):
-            assert newer.start_time_unix_nano >= older.time_unix_nano, where
+    return series_points(points)
 
 
 def wait_for_exports(sink: OtlpSink, count: int) -> None:
