@@ -7,7 +7,7 @@
 2. One histogram record with four attributes: the OpenTelemetry SDK's `Histogram.record`
    against `LocalHistogram.record`.
 3. One GET ping through the web tier's Falcon app, called in-process with a stub shard
-   router that answers at once: the app's share of a ping, without uvicorn and sockets.
+   router that responds at once: the app's share of a ping, without uvicorn and sockets.
 
 Needs no database and no server. CPU time per call, median of --repeats runs of
 --calls calls each. Prints JSON.
@@ -109,7 +109,7 @@ def alert_arrays(alerts: list[AlertEvent]) -> list[list[Any]]:
 
 
 class StubConnection(ShardConnection):
-    """A shard connection that answers every ping at once, without a socket."""
+    """A shard connection that responds to every ping at once, without a socket."""
 
     async def _request(self, op: str, args: dict[str, Any]) -> tuple[int, Any]:
         return 200, {"n": 1, "signal": "success", "late_start": False}
