@@ -213,8 +213,12 @@ class ShardService:
             return await handler(args)
         except WriterOverloaded as exc:
             return unavailable(str(exc))
-        except WriteFailed as exc:
-            return unavailable(f"the database write failed ({exc})")
+        except WriteFailed:
+            # The writer has logged the database's error. Clients get no SQL text, which
+            # can name tables, columns and values of other checks in the same batch.
+            return unavailable(
+                "the database write failed, so nothing was stored. Retry the request."
+            )
         except (psycopg.Error, OSError) as exc:
             log.warning("shard %d database error on %s: %s", self.shard, op, exc)
             return unavailable("the database is not answering")
