@@ -246,7 +246,7 @@ class ShardService:
         body = _decode_body(args.get("body"))
         ua: str = args.get("ua", "")[:200]
         if "\x00" in ua:
-            # PostgreSQL text cannot hold NUL, and one such ping must not fail its batch.
+            # PostgreSQL text cannot contain NUL, and one such ping must not fail its batch.
             ua = ua.replace("\x00", "\ufffd")
         row = PingRow(
             check_id=check_id,
