@@ -62,6 +62,12 @@ def _ping_rows(data: dict[str, Any]) -> list[Row]:
             f"nginx {throughput.get('nginx', {}).get('req_per_s')}/s",
             f"{real.get('rate_ratio_to_nginx')}",
         ),
+        (
+            "same, against bare Falcon with one echo round trip per request",
+            f"{real.get('req_per_s')}/s",
+            f"echo round trip {throughput.get('roundtrip-uvicorn', {}).get('req_per_s')}/s",
+            f"{real.get('rate_ratio_to_roundtrip-uvicorn')}",
+        ),
         ("ping p50 / p99", f"{real.get('p50_ms')} / {real.get('p99_ms')} ms", "", ""),
     ]
     return rows

@@ -9,9 +9,11 @@ Steps, all on 127.0.0.1:
 2. Create and migrate the catalog and the shard databases, then COPY --checks checks
    straight into the shards (perf/seed.py) and write their ids to a file.
 3. Start `serverlord serve` with --workers web workers.
-4. Run perf/http/run.py with the server as an external target, next to nginx and the
-   bare Falcon app under gunicorn with the uvicorn worker, in interleaved rounds. wrk
-   draws a random check id for every request. The server's CPU figures cover the
+4. Run perf/http/run.py with the server as an external target, next to nginx, the
+   bare Falcon app under gunicorn with the uvicorn worker, and the same app with one
+   round trip to an echo process over a Unix socket per request (the least any server
+   of this shape can cost, before a database), in interleaved rounds. wrk draws a random
+   check id for every request. The server's CPU figures cover the
    server's process tree and the PostgreSQL cluster.
 5. Read the writer counters of every shard (the `health` operation) and PostgreSQL's
    xact_commit before and after step 4: transactions and pings per transaction.
@@ -199,7 +201,7 @@ def run_http_rounds(
         sys.executable,
         str(PERF / "http" / "run.py"),
         "--only",
-        "nginx,bare-uvicorn",
+        "nginx,bare-uvicorn,roundtrip-uvicorn",
         "--target",
         f"real={server.url}",
         "--target-pid",
@@ -210,6 +212,8 @@ def run_http_rounds(
         "bare-uvicorn",
         "--ceiling",
         "nginx",
+        "--ceiling",
+        "roundtrip-uvicorn",
         "--rounds",
         str(args.rounds),
         "--duration",
@@ -228,7 +232,7 @@ def run_http_rounds(
     if postgres_pid is not None:
         command += ["--target-pid", f"real={postgres_pid}"]
     # Each visit takes warm-up + duration + a few seconds to start and stop a server.
-    budget = args.rounds * 3 * (args.duration + 20) + 60
+    budget = args.rounds * 4 * (args.duration + 20) + 60
     with (workdir / "http-run.log").open("wb") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=budget)
     visits: list[dict[str, Any]] = json.loads(raw.read_text())
@@ -257,7 +261,7 @@ def summarize_visits(
         real["server_cpu_us_per_req"] = median_cpu(by_target["real"], server_pid)
         if postgres_pid is not None:
             real["postgres_cpu_us_per_req"] = median_cpu(by_target["real"], postgres_pid)
-        for ceiling in ("bare-uvicorn", "nginx"):
+        for ceiling in ("bare-uvicorn", "nginx", "roundtrip-uvicorn"):
             real[f"rate_ratio_to_{ceiling}"] = round_ratio(visits, ceiling)
     return summary
 
