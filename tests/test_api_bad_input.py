@@ -89,3 +89,48 @@ def test_ping_malformed_uuid_is_404(server: Server) -> None:
     answer = request("GET", f"{server.url}/ping/not-a-uuid")
     assert answer.status == 404
     assert answer.text == "not found"
+
+
+def test_create_task_rejects_nul_in_name(server: Server) -> None:
+    status, answer = post_task(server, json.dumps({"name": "a\u0000b", "interval": 60}))
+    assert status == 400
+    assert "name" in answer["error"]
+    assert "U+0000" in answer["error"]
+
+
+@pytest.mark.parametrize("field", ["name", "tags", "desc"])
+def test_v3_create_rejects_nul(server: Server, field: str) -> None:
+    answer = server.api("POST", "/api/v3/checks/", server.project.rw_key, {field: "a\u0000b"})
+    assert answer.status == 400
+    assert field in answer.json()["error"]
+    assert "U+0000" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("field", ["name", "tags", "desc"])
+def test_v3_update_rejects_nul_keeps_check(server: Server, field: str) -> None:
+    key = server.project.rw_key
+    body = {"name": "nul target", "tags": "t", "desc": "d", "timeout": 3600}
+    created = server.api("POST", "/api/v3/checks/", key, body).json()
+    path = f"/api/v3/checks/{created['uuid']}"
+
+    answer = server.api("POST", path, key, {field: "a\u0000b"})
+    assert answer.status == 400
+    assert field in answer.json()["error"]
+
+    # A rejected update changes nothing and leaves the check serving pings.
+    after = server.api("GET", path, key).json()
+    assert after[field] == created[field]
+    assert request("GET", created["ping_url"]).status == 200
+
+
+def test_v3_unique_name_with_nul_rejected(server: Server) -> None:
+    body = {"name": "x\u0000", "unique": ["name"]}
+    answer = server.api("POST", "/api/v3/checks/", server.project.rw_key, body)
+    assert answer.status == 400
+    assert "name" in answer.json()["error"]
+
+
+def test_v3_list_rejects_nul_in_slug_filter(server: Server) -> None:
+    answer = server.api("GET", "/api/v3/checks/?slug=a%00b", server.project.rw_key)
+    assert answer.status == 400
+    assert "slug" in answer.json()["error"]

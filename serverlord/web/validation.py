@@ -21,6 +21,9 @@ from serverlord.web.errors import bad_request
 # worker buffer.
 MAX_JSON_BODY = 64 * 1024
 MAX_NAME = 100
+# PostgreSQL text cannot contain NUL, so stored text fields reject it here. The shard would
+# detect it only when its commit fails, and it responds to that failure with a 503.
+NUL_MESSAGE = "contains the character U+0000 (NUL), which cannot be stored; remove it"
 
 
 def parse_uuid(value: str, field: str) -> UUID:
@@ -77,6 +80,8 @@ def task_fields(data: dict[str, Any]) -> dict[str, Any]:
         raise bad_request(f"name: expected a string, got {type(name).__name__}")
     if len(name) > MAX_NAME:
         raise bad_request(f"name: {len(name)} characters is too long; use at most {MAX_NAME}")
+    if "\x00" in name:
+        raise bad_request(f"name: {NUL_MESSAGE}")
 
     try:
         grace = parse_duration(data.get("grace_period", 3600), "grace_period")

@@ -25,7 +25,7 @@ from serverlord.web.api_v3.spec import CREATE_DEFAULTS, CheckSpec, invalid, pars
 from serverlord.web.api_v3.views import Urls, check_view, flip_view, ping_view
 from serverlord.web.auth import Access, Authenticator, Catalog
 from serverlord.web.shards import ShardRouter, ShardUnavailable
-from serverlord.web.validation import MAX_JSON_BODY
+from serverlord.web.validation import MAX_JSON_BODY, NUL_MESSAGE
 
 UNIQUE_KEY_LENGTH = 40
 
@@ -177,6 +177,8 @@ class ChecksCollection(ApiResource):
             filters["tags"] = sorted(set(tags))
         slug = req.get_param("slug")
         if slug:
+            if "\x00" in slug:
+                raise falcon.HTTPBadRequest(title="Bad Request", description=f"slug {NUL_MESSAGE}")
             filters["slug"] = slug
         checks = await fanout.project_checks(self.router, access.project_id, **filters)
         urls = await self.urls(req, access)

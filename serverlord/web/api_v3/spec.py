@@ -21,6 +21,7 @@ from serverlord.schedules import (
     parse_schedule,
     validate_timezone,
 )
+from serverlord.web.validation import NUL_MESSAGE
 
 MAX_NAME = 100
 MAX_SLUG = 100
@@ -185,6 +186,8 @@ def _string(body: dict[str, Any], name: str, limit: int) -> str:
         raise invalid(f"{name} is not a string")
     if len(value) > limit:
         raise invalid(f"{name} is too long ({len(value)} characters); use at most {limit}")
+    if "\x00" in value:
+        raise invalid(f"{name} {NUL_MESSAGE}")
     return value
 
 
