@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from typing import Any
 
@@ -134,3 +135,26 @@ def test_v3_list_rejects_nul_in_slug_filter(server: Server) -> None:
     answer = server.api("GET", "/api/v3/checks/?slug=a%00b", server.project.rw_key)
     assert answer.status == 400
     assert "slug" in answer.json()["error"]
+
+
+def raw_status_line(server: Server, head: bytes) -> bytes:
+    """Send `head` as the whole request and return the response's status line."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("path", ["/healthz", f"/ping/{uuid.uuid4()}", "/no/such/route"])
+def test_websocket_upgrade_is_4xx(server: Server, path: str) -> None:
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    status_line = raw_status_line(server, head.encode())
+    assert status_line.startswith(b"HTTP/1.1 4")

@@ -50,26 +50,55 @@ def json_error(resp: falcon.asgi.Response, status: int, message: str) -> None:
     resp.data = orjson.dumps({"error": message})
 
 
+async def reject_websocket(ws: falcon.asgi.WebSocket | None, status: int) -> None:
+    """Close a WebSocket handshake that no route accepts, so that uvicorn responds 403."""
+    if ws is not None:
+        # Falcon 4.4's own handlers map an HTTP status to the WebSocket close code 3000 + status.
+        await ws.close(3000 + status)
+
+
 async def handle_http_error(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: falcon.HTTPError, params: Any
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response | None,
+    exc: falcon.HTTPError,
+    params: Any,
+    ws: falcon.asgi.WebSocket | None = None,
 ) -> None:
+    # Falcon passes no response for a WebSocket request, and no route serves WebSockets.
+    if resp is None:
+        await reject_websocket(ws, exc.status_code)
+        return
     json_error(resp, exc.status_code, exc.description or exc.title or "error")
     if exc.headers:
         resp.set_headers(exc.headers)
 
 
 async def handle_shard_unavailable(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: ShardUnavailable, params: Any
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response | None,
+    exc: ShardUnavailable,
+    params: Any,
+    ws: falcon.asgi.WebSocket | None = None,
 ) -> None:
     log.warning("%s %s returned 503: %s", req.method, loggable_path(req.path), exc)
+    if resp is None:
+        await reject_websocket(ws, 503)
+        return
     json_error(resp, 503, f"temporarily unavailable ({exc.reason}); retry shortly")
     resp.set_header("Retry-After", str(RETRY_AFTER))
 
 
 async def handle_unexpected(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response | None,
+    exc: Exception,
+    params: Any,
+    ws: falcon.asgi.WebSocket | None = None,
 ) -> None:
     log.exception("unexpected error on %s %s", req.method, loggable_path(req.path))
+    if resp is None:
+        await reject_websocket(ws, 500)
+        return
     json_error(resp, 500, "internal server error")
 
 
