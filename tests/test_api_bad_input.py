@@ -150,6 +150,16 @@ def raw_status_line(server: Server, head: bytes) -> bytes:
     return answer.split(b"\r\n", 1)[0]
 
 
+@pytest.mark.parametrize(
+    "request_line", [b"GET /healthz HTTP/0.9", b"GET /healthz HTTP/2.0", b"GET /healthz"]
+)
+def test_unsupported_http_version_is_400(server: Server, request_line: bytes) -> None:
+    status_line = raw_status_line(server, request_line + b"\r\nHost: x\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400")
+    # The server keeps serving afterwards.
+    assert request("GET", f"{server.url}/healthz").status == 200
+
+
 @pytest.mark.parametrize("path", ["/healthz", f"/ping/{uuid.uuid4()}", "/no/such/route"])
 def test_websocket_upgrade_is_4xx(server: Server, path: str) -> None:
     head = (

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import falcon
 import falcon.asgi
+import orjson
 
 from serverlord.config import from_env
 from serverlord.observability.web import install_web_telemetry
@@ -25,6 +28,34 @@ from serverlord.web.tasks import Heartbeat, TaskAction, TaskCollection, TaskStat
 
 # How long the health check waits for each shard process.
 HEALTH_TIMEOUT = 2.0
+
+# The HTTP versions that Falcon's ASGI app serves. Falcon 4.4 raises on any other, and
+# uvicorn turns that into a 500. uvicorn 0.55 reports a request line without a version as "0.9", and
+# "HTTP/2.0" sent in HTTP/1 framing as "2.0".
+SUPPORTED_HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "3"})
+
+
+class App(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
+    """Falcon's ASGI app, which responds 400 to a request in an HTTP version it cannot serve."""
+
+    async def __call__(  # type: ignore[override]
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        version = scope.get("http_version", "1.1")
+        if scope["type"] == "http" and version not in SUPPORTED_HTTP_VERSIONS:
+            await _reject_http_version(version, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+async def _reject_http_version(version: str, send: Callable[[Any], Awaitable[None]]) -> None:
+    body = orjson.dumps({"error": f"HTTP version {version[:10]!r} is not supported; send HTTP/1.1"})
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class Health:
@@ -62,7 +93,7 @@ def create_app(
         )
         router = ShardRouter.from_file(topology, settings.api_timeout)
 
-    app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response] = falcon.asgi.App()
+    app = App()
     # A trailing slash means the same on every path, so `/ping/<uuid>/start/` is a start.
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
