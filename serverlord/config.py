@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -56,6 +56,9 @@ class Settings:
     shard_db_concurrency: int
     otel_endpoint: str | None
     log_level: str
+    log_format: str = "text"
+    """Form of log lines: "text", or "json" for one JSON object per line."""
+
     startup_quiet_period: float | None = None
     """Seconds alerts wait after a start for deadlines missed while the server was down;
     None means each check's own grace period."""
@@ -100,7 +103,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         database_url=_database_url(env),
         shard_count=shard_count,
         shard_dsns=_shard_dsns(env, shard_count),
-        host=env.get("SERVER_HOST", "0.0.0.0"),
+        host=_host(env),
         port=port,
         api_timeout=_float(env, "API_TIMEOUT", 10.0, 0.1, 300.0, "seconds"),
         web_workers=_int(env, "WEB_CONCURRENCY", 2, 1, 64),
@@ -112,6 +115,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         commit_linger_ms=_float(env, "COMMIT_LINGER_MS", 5.0, 0.0, 100.0, "milliseconds"),
         otel_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_COLLECTOR_ENDPOINT"),
         log_level=_log_level(env),
+        log_format=_log_format(env),
         startup_quiet_period=(
             _float(env, "STARTUP_QUIET_PERIOD", 0.0, 0.0, 86400.0 * 365, "seconds")
             if env.get("STARTUP_QUIET_PERIOD", "").strip()
@@ -317,6 +321,39 @@ def _log_level(env: Mapping[str, str]) -> str:
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
     return level
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    log_format = env.get("LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in {"text", "json"}:
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {env['LOG_FORMAT']!r}")
+    return log_format
+
+
+# One label of a host name (RFC 1123): letters, digits and inner hyphens.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _host(env: Mapping[str, str]) -> str:
+    """Return SERVER_HOST as an IP address without brackets or a host name."""
+    raw = env.get("SERVER_HOST", "").strip()
+    if not raw:
+        return "0.0.0.0"
+    host = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    with contextlib.suppress(ValueError):
+        return str(ip_address(host))
+    labels = host.rstrip(".").split(".")
+    # A name whose last label is all digits would be read as a malformed IPv4 address.
+    if (
+        len(host) <= 253
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    ):
+        return host
+    raise ConfigError(
+        "SERVER_HOST must be an IP address or a host name to bind, such as 0.0.0.0, "
+        f"127.0.0.1, :: or localhost, got {raw!r}"
+    )
 
 
 def _redact(url: str) -> str:

@@ -129,6 +129,30 @@ def test_server_host_kept() -> None:
     assert from_env({"SERVER_HOST": "127.0.0.1"}).host == "127.0.0.1"
 
 
+@pytest.mark.parametrize("host", ["::", "::1", "localhost", "db-1.example.com", "10.0.0.5"])
+def test_server_host_forms_accepted(host: str) -> None:
+    assert from_env({"SERVER_HOST": f" {host} "}).host == host
+
+
+def test_server_host_blank_means_default() -> None:
+    assert from_env({"SERVER_HOST": " "}).host == "0.0.0.0"
+
+
+def test_server_host_ipv6_brackets_removed() -> None:
+    assert from_env({"SERVER_HOST": "[::1]"}).host == "::1"
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["999.1.1.1", "1.2.3", "bad host", "http://127.0.0.1", "host:8080", "-x.example", "[::1"],
+)
+def test_server_host_invalid_named(host: str) -> None:
+    message = rejection({"SERVER_HOST": host})
+
+    assert message.startswith("SERVER_HOST must be an IP address or a host name")
+    assert repr(host) in message
+
+
 # -- numeric settings -------------------------------------------------------------------
 
 # variable, Settings attribute, minimum, maximum, unit named in the message
@@ -493,6 +517,19 @@ def test_log_level_invalid_named(value: str) -> None:
 
     assert message.startswith("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
     assert repr(value.upper()) in message
+
+
+@pytest.mark.parametrize("value", ["json", "JSON", " text ", ""])
+def test_log_format_forms_accepted(value: str) -> None:
+    assert from_env({"LOG_FORMAT": value}).log_format == (value.strip().lower() or "text")
+
+
+@pytest.mark.parametrize("value", ["xml", "jsonl", "1"])
+def test_log_format_invalid_named(value: str) -> None:
+    message = rejection({"LOG_FORMAT": value})
+
+    assert message.startswith("LOG_FORMAT must be text or json")
+    assert repr(value) in message
 
 
 def test_otlp_endpoint_wins_over_collector() -> None:

@@ -166,6 +166,39 @@ def test_metrics_protocol_overrides_general() -> None:
     assert settings.traces_endpoint == BASE
 
 
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_COLLECTOR_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ],
+)
+@pytest.mark.parametrize(
+    "value", ["not a url", "ftp://collector.example", "http://", "collector:4318"]
+)
+def test_http_endpoint_not_url_rejected(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        export_settings({variable: value})
+    message = str(raised.value)
+    assert message.startswith(f"{variable} must be an http:// or https:// URL")
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize("value", ["not a url", "ftp://collector.example:4317", "http://"])
+def test_grpc_endpoint_invalid_rejected(value: str) -> None:
+    env = {"OTEL_COLLECTOR_ENDPOINT": value, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    with pytest.raises(ConfigError) as raised:
+        export_settings(env)
+    assert str(raised.value).startswith("OTEL_COLLECTOR_ENDPOINT must be")
+
+
+def test_unexported_signal_endpoint_not_checked() -> None:
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "not a url", "OTEL_TRACES_EXPORTER": "none"}
+    assert export_settings(env).traces_endpoint is None
+
+
 def test_protocol_ignores_case_and_blanks() -> None:
     settings = export_settings(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": BASE, "OTEL_EXPORTER_OTLP_PROTOCOL": " GRPC "}

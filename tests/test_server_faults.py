@@ -181,6 +181,32 @@ def test_invalid_setting_names_variable(tmp_path: Path) -> None:
     assert b"SHARD_COUNT must be a whole number" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LOG_FORMAT", "xml"),
+        ("SERVER_HOST", "999.1.1.1"),
+        ("OTEL_COLLECTOR_ENDPOINT", "collector 4318"),
+    ],
+)
+def test_invalid_setting_stops_before_start(
+    name: str, value: str, runtime_dir: Path, tmp_path: Path
+) -> None:
+    # These values used to start every process and fail only later, or never.
+    env = server_env(None, runtime_dir, DATA_DIR=str(tmp_path / "data"))
+    env[name] = value
+    result = subprocess.run(
+        [sys.executable, "-m", "serverlord.cli", "serve"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"invalid configuration: {name} must be".encode() in result.stderr
+
+
 def test_killed_database_loses_no_acked_ping(runtime_dir: Path, tmp_path: Path) -> None:
     data_dir = Path(f"/tmp/sl-pgkill-{uuid.uuid4().hex[:8]}") / "data"
     env = server_env(None, runtime_dir, shard_count=2, DATA_DIR=str(data_dir))

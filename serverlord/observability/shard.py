@@ -103,7 +103,9 @@ class ShardTelemetry:
     @classmethod
     def install(cls, service: ShardService) -> ShardTelemetry:
         """Set up this process's telemetry, hook it into `service` and serve `metrics`."""
-        install_log_context(service.shard, os.environ.get("LOG_FORMAT", "").lower() == "json")
+        install_log_context(
+            service.shard, os.environ.get("LOG_FORMAT", "").strip().lower() == "json"
+        )
         shard_telemetry = cls(service, Telemetry("shard", service.shard))
         service.writer.on_commit = shard_telemetry.on_commit
         service.register("metrics", shard_telemetry.metrics)

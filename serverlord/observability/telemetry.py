@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
     OTLPMetricExporter as HttpMetricExporter,
@@ -117,10 +119,12 @@ def export_settings(env: Mapping[str, str]) -> ExportSettings:
     """
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return ExportSettings(None, None)
-    base = (
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-        or env.get("OTEL_COLLECTOR_ENDPOINT", "").strip()
-    )
+    base = _Endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_COLLECTOR_ENDPOINT"):
+        value = env.get(variable, "").strip()
+        if value:
+            base = _Endpoint(variable, value)
+            break
     traces_protocol = _signal_protocol(env, "traces")
     metrics_protocol = _signal_protocol(env, "metrics")
     return ExportSettings(
@@ -151,20 +155,70 @@ def _signal_protocol(env: Mapping[str, str], signal: str) -> _Protocol:
     return _Protocol(HTTP_PROTOBUF, None)
 
 
+@dataclass(frozen=True)
+class _Endpoint:
+    """An endpoint as configured, and the variable that set it."""
+
+    variable: str
+    value: str
+
+
 def _signal_endpoint(
-    env: Mapping[str, str], signal: str, protocol: _Protocol, base: str
+    env: Mapping[str, str], signal: str, protocol: _Protocol, base: _Endpoint
 ) -> str | None:
     """Return where `signal` is exported to, or None when it is not exported."""
     if env.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower() == "none":
         return None
-    endpoint = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip() or None
-    if endpoint is None and base:
+    variable = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    configured = _Endpoint(variable, env.get(variable, "").strip())
+    endpoint = configured.value or None
+    if endpoint is None and base.value:
+        configured = base
         # The OTLP exporter specification: over HTTP the base URL gets the signal's
         # path, and over gRPC the endpoint is the same for every signal.
-        endpoint = base if protocol.value == GRPC else f"{base.rstrip('/')}/v1/{signal}"
+        endpoint = base.value
+        if protocol.value != GRPC:
+            endpoint = f"{base.value.rstrip('/')}/v1/{signal}"
     if endpoint is not None and protocol.value not in SUPPORTED_PROTOCOLS:
         raise ConfigError(_unsupported_protocol_message(protocol))
+    if endpoint is not None:
+        _check_endpoint(configured, protocol.value)
     return endpoint
+
+
+# A gRPC target without a scheme: a host name or an IPv4 address, or an IPv6 address in
+# brackets, with an optional port.
+_GRPC_TARGET = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _check_endpoint(endpoint: _Endpoint, protocol: str) -> None:
+    """Raise ConfigError unless the endpoint is a URL that the protocol's exporter can use.
+
+    The exporters accept any text and only fail, again and again, when they send.
+    """
+    value = endpoint.value
+    if protocol == GRPC and "://" not in value:
+        if _GRPC_TARGET.fullmatch(value):
+            return
+    else:
+        parts = urlsplit(value)
+        try:
+            port_valid = parts.port is None or parts.port > 0
+        except ValueError:
+            port_valid = False
+        if (
+            parts.scheme in ("http", "https")
+            and parts.hostname
+            and port_valid
+            and not any(char.isspace() for char in value)
+        ):
+            return
+    form = "an http:// or https:// URL such as http://127.0.0.1:4318"
+    if protocol == GRPC:
+        form = "an http:// or https:// URL or a host:port such as 127.0.0.1:4317"
+    raise ConfigError(
+        f"{endpoint.variable} must be {form} of the OpenTelemetry collector, got {value!r}"
+    )
 
 
 def _unsupported_protocol_message(protocol: _Protocol) -> str:

@@ -386,7 +386,7 @@ def install_web_telemetry(
     # gunicorn configures only its own loggers, so without this the web tier's records
     # below WARNING were dropped and none were JSON lines.
     setup_logging(settings.log_level, "web")
-    install_log_context(None, os.environ.get("LOG_FORMAT", "").lower() == "json")
+    install_log_context(None, settings.log_format == "json")
     web = WebTelemetry(router, settings.runtime_dir, settings.metrics_token)
     app.add_middleware(TelemetryMiddleware(web))
     for connection in router.connections:
