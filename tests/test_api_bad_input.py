@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import uuid
@@ -168,3 +169,24 @@ def test_websocket_upgrade_is_4xx(server: Server, path: str) -> None:
     )
     status_line = raw_status_line(server, head.encode())
     assert status_line.startswith(b"HTTP/1.1 4")
+
+
+def test_huge_request_head_rejected(server: Server) -> None:
+    # The head is sent in pieces, as a client that streams a header without end would.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(f"GET /ping/{uuid.uuid4()} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode())
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):
+                sock.sendall(b"a" * 65536)
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(4096):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert request("GET", f"{server.url}/healthz").status == 200
+
+
+def test_head_under_limit_accepted(server: Server) -> None:
+    headers = {f"X-Header-{number}": "v" * 200 for number in range(100)}
+    answer = request("GET", f"{server.url}/healthz", headers=headers)
+    assert answer.status == 200

@@ -16,8 +16,9 @@ bind = [
     else f"{_settings.host}:{_settings.port}"
 ]
 workers = _settings.web_workers
-# Measured against the other worker types on the ping path; see docs/benchmarks.md.
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn_worker.UvicornWorker, measured against the other worker types on the ping path
+# (see docs/benchmarks.md), with bounds on each request head.
+worker_class = "serverlord.web.worker.Worker"
 # Seconds a worker may stay silent before the master replaces it.
 timeout = 30
 # Seconds in-flight requests get to finish on SIGTERM before workers are killed.
