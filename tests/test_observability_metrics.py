@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
 
 import pytest
 
 from serverlord.storage.topology import SlotMap
-from tests.server import Server, request
+from tests.conftest import create_database
+from tests.server import Server, request, running_server, server_env
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +115,20 @@ def test_ping_counters_move_on_every_shard(server: Server) -> None:
     assert web_moved == 2 * SHARDS
 
 
-def test_timeout_flip_records_detection_latency(server: Server) -> None:
+_runtime_ids = count()
+
+
+@pytest.fixture(scope="module")
+def quiet_server(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Run a server for this module alone, so other tests' flips cannot move its counters."""
+    runtime = Path(f"/tmp/sl-metrics-{os.getpid()}-{next(_runtime_ids)}")
+    env = server_env(create_database(pg_admin_dsn, "metrics"), runtime, shard_count=SHARDS)
+    with running_server(env, tmp_path_factory.mktemp("metrics") / "server.log") as running:
+        yield running
+
+
+def test_timeout_flip_records_detection_latency(quiet_server: Server) -> None:
+    server = quiet_server
     check_id = server.create_check(interval=1, grace_period=1)["id"]
     shard = str(SlotMap.even(SHARDS).shard_of(uuid.UUID(check_id)))
     before = scrape(server)
