@@ -1,7 +1,7 @@
-"""The web worker's HTTP protocol: a connection whose request head is too slow is closed.
+"""The web worker's HTTP protocol: a connection whose request head or body stalls is closed.
 
-A real uvicorn server runs the protocol in a thread, with a head timeout short enough for
-a test. test_api_bad_input tests the size limit against the whole server.
+A real uvicorn server runs the protocol in a thread, with timeouts short enough for a
+test. test_api_bad_input tests the size limit against the whole server.
 """
 
 from __future__ import annotations
@@ -19,15 +19,28 @@ from serverlord.web.worker import BoundedHttpToolsProtocol
 from tests.server import free_port
 
 
-class QuickHeadTimeout(BoundedHttpToolsProtocol):
+class QuickTimeouts(BoundedHttpToolsProtocol):
     head_timeout = 0.5
+    body_idle_timeout = 0.5
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Respond "hello", after reading the whole body of a POST and adding its size."""
     if scope["type"] != "http":
         return
+    text = b"hello"
+    if scope["method"] == "POST":
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        text += b" %d" % size
     await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"hello"})
+    await send({"type": "http.response.body", "body": text})
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +50,7 @@ def port() -> Iterator[int]:
         hello,
         host="127.0.0.1",
         port=chosen,
-        http=QuickHeadTimeout,
+        http=QuickTimeouts,
         lifespan="off",
         log_level="error",
     )
@@ -87,3 +100,24 @@ def test_complete_request_served(port: int) -> None:
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 200")
     assert b"hello" in answer
+
+
+def test_stalled_body_closes_connection(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        answer = read_all(sock)
+    assert answer == b""
+
+
+def test_slow_steady_body_served(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+        )
+        # Five bytes over 1.2 s: longer than the idle timeout in all, never idle that long.
+        for byte in b"abcde":
+            time.sleep(0.3)
+            sock.sendall(bytes([byte]))
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"hello 5" in answer

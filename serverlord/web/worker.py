@@ -1,13 +1,11 @@
-"""The gunicorn worker class of the web tier: uvicorn's, with bounds on each request head.
+"""The gunicorn worker class of the web tier: uvicorn's, with bounds on each request.
 
 uvicorn 0.55 with httptools buffers a request head of any size and waits for its end
 without a deadline. A client could therefore make a worker hold megabytes per header, or
 keep thousands of connections open by sending a head slowly (slowloris). This protocol
 rejects a head larger than MAX_HEAD_BYTES with 431 and closes a connection whose head
-has not arrived within HEAD_TIMEOUT seconds.
-
-NOTE: a request body still has no deadline. A client that sends less than its
-Content-Length keeps its connection and the request's task until it disconnects.
+has not arrived within HEAD_TIMEOUT seconds. A connection whose request body stops for
+BODY_IDLE_TIMEOUT seconds is closed too, and the app receives a disconnect.
 """
 
 from __future__ import annotations
@@ -25,13 +23,17 @@ MAX_HEAD_BYTES = 64 * 1024
 # Seconds from a connection's start, or from the first byte of its next request, to the
 # end of that request's head.
 HEAD_TIMEOUT = 20.0
+# Seconds a request body may go without a byte. Idle time, not a total, so a large body
+# on a slow link still arrives.
+BODY_IDLE_TIMEOUT = 20.0
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a size limit and a deadline for each request head."""
+    """uvicorn's httptools protocol with limits on each request's head and body."""
 
     head_timeout = HEAD_TIMEOUT
     max_head_bytes = MAX_HEAD_BYTES
+    body_idle_timeout = BODY_IDLE_TIMEOUT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -39,6 +41,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_began_in_chunk = False
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_open = False
+        self._body_seen = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -46,6 +51,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -59,6 +65,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self.max_head_bytes:
                 self._stop_head_timer()
                 self._reject(431, f"the request head exceeds {self.max_head_bytes} bytes")
+        # A GET without a body completes in the chunk of its head, so the ping path never
+        # starts this timer.
+        if self._body_open:
+            self._body_seen = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(
+                    self.body_idle_timeout, self._body_idle_check
+                )
+        elif self._body_timer is not None:
+            self._stop_body_timer()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -71,6 +87,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = False
         self._stop_head_timer()
         super().on_headers_complete()
+        self._body_open = True
+
+    def on_message_complete(self) -> None:
+        self._body_open = False
+        super().on_message_complete()
 
     def _start_head_timer(self) -> None:
         self._stop_head_timer()
@@ -80,6 +101,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_idle_check(self) -> None:
+        self._body_timer = None
+        if not self._body_open or self.transport.is_closing():
+            return
+        idle = self.loop.time() - self._body_seen
+        if idle < self.body_idle_timeout:
+            self._body_timer = self.loop.call_later(
+                self.body_idle_timeout - idle, self._body_idle_check
+            )
+            return
+        # The app may already be reading the body or responding, so a response written
+        # here could interleave with the app's. Closing ends the request as a disconnect.
+        self.logger.warning(
+            "closed a connection: its request body sent nothing for %g s", self.body_idle_timeout
+        )
+        self.transport.close()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
