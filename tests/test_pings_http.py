@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +39,25 @@ def test_exit_status_suffix(server: Server, suffix: str, http_status: int, expec
     if http_status == 400:
         assert answer.text == "invalid url format"
     assert status_of(server, check["id"])["status"] == expected
+
+
+def test_cut_off_body_records_nothing(server: Server) -> None:
+    check = server.create_check()
+    path = f"/ping/{check['id']}"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        sock.sendall(head.encode() + b"only ten b")
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+
+    deadline = time.monotonic() + 15
+    while "ping not recorded: its body ended after 10 of 100 bytes" not in server.log():
+        assert time.monotonic() < deadline, "the server never logged the cut-off ping"
+        time.sleep(0.1)
+    assert status_of(server, check["id"])["n_pings"] == 0
+    assert request("POST", check["ping_url"], body=b"whole").status == 200
+    assert status_of(server, check["id"])["n_pings"] == 1
 
 
 def test_negative_exit_status_records_nothing(server: Server) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Protocol
 from uuid import UUID
@@ -18,6 +19,8 @@ import falcon
 import falcon.asgi
 
 from serverlord.web.shards import ShardRouter
+
+log = logging.getLogger(__name__)
 
 SUFFIX_SIGNALS = {"start": "start", "fail": "fail", "log": "log"}
 MAX_EXIT_STATUS = 255
@@ -140,6 +143,13 @@ async def read_ping(
             return None
 
     body, size = await _read_body(req, settings.body_limit)
+    expected = req.content_length
+    if expected is not None and size < expected and req.method != "HEAD":
+        # The client went away before its body ended. It did not see a response, so its
+        # retry would count the same run twice if this cut-off request were stored.
+        log.info("ping not recorded: its body ended after %d of %d bytes", size, expected)
+        text(resp, 400, "the request body is shorter than its Content-Length")
+        return None
     return {
         "signal": signal,
         "exitstatus": exitstatus,
