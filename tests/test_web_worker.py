@@ -121,3 +121,26 @@ def test_slow_steady_body_served(port: int) -> None:
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 200")
     assert b"hello 5" in answer
+
+
+def test_late_head_measured_from_its_start(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        time.sleep(0.3)
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        answer = read_all(sock)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408")
+    # The connection's timer fired 0.2 s into this head and was set again for the rest.
+    assert waited >= 0.45
+
+
+def test_spaced_requests_on_one_connection_served(port: int) -> None:
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        answers = []
+        for _ in range(3):
+            time.sleep(0.4)
+            sock.sendall(request)
+            answers.append(sock.recv(4096))
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)

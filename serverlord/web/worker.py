@@ -40,6 +40,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = False
         self._head_began_in_chunk = False
         self._head_bytes = 0
+        self._head_started = 0.0
+        self._any_request = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_open = False
         self._body_seen = 0.0
@@ -47,7 +49,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_head_timer()
+        self._head_started = self.loop.time()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
@@ -81,21 +84,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = True
         self._head_began_in_chunk = True
         self._head_bytes = 0
-        self._start_head_timer()
+        self._any_request = True
+        # One timer per connection, armed lazily and checked when it fires: starting and
+        # cancelling a timer for every request cost the ping path measurable CPU.
+        self._head_started = self.loop.time()
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._head_open = False
-        self._stop_head_timer()
         super().on_headers_complete()
         self._body_open = True
 
     def on_message_complete(self) -> None:
         self._body_open = False
         super().on_message_complete()
-
-    def _start_head_timer(self) -> None:
-        self._stop_head_timer()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -129,9 +132,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._head_open:
+            waited = self.loop.time() - self._head_started
+            if waited < self.head_timeout:
+                self._head_timer = self.loop.call_later(
+                    self.head_timeout - waited, self._head_timed_out
+                )
+                return
             self._reject(408, f"the request head did not arrive within {self.head_timeout:g} s")
-        else:
-            # A connection that never sent a request gets no response to one.
+        elif not self._any_request:
+            # A connection that never sent a request gets no response to one. Between
+            # requests, uvicorn's keep-alive timeout closes an idle connection.
             self.transport.close()
 
     def _reject(self, status: int, message: str) -> None:
