@@ -73,10 +73,15 @@ def read_all(sock: socket.socket) -> bytes:
     return answer
 
 
-def test_partial_head_gets_408(port: int) -> None:
+def exchange(port: int, data: bytes) -> bytes:
+    """Send `data` on a new connection and return all it receives until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        answer = read_all(sock)
+        sock.sendall(data)
+        return read_all(sock)
+
+
+def test_partial_head_gets_408(port: int) -> None:
+    answer = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
     assert answer.startswith(b"HTTP/1.1 408")
     assert b"did not arrive" in answer
 
@@ -87,25 +92,19 @@ def test_silent_connection_closed(port: int) -> None:
 
 
 def test_second_head_also_timed_out(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n")
-        answer = read_all(sock)
+    answer = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n")
     assert answer.startswith(b"HTTP/1.1 200")
     assert answer.count(b"HTTP/1.1 408") == 1
 
 
 def test_complete_request_served(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answer = read_all(sock)
+    answer = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200")
     assert b"hello" in answer
 
 
 def test_stalled_body_closes_connection(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-        answer = read_all(sock)
+    answer = exchange(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
     assert answer == b""
 
 
