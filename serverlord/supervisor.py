@@ -27,6 +27,7 @@ from psycopg import conninfo, sql
 
 from serverlord.config import ConfigError, Settings
 from serverlord.shardproc.process import EXIT_BOOT_ERROR, EXIT_SHARD_LOCKED
+from serverlord.storage.cluster_lock import ServerRunning
 from serverlord.storage.embedded import EmbeddedPostgres
 from serverlord.storage.migrate import migrate
 from serverlord.storage.topology import Topology, load_or_create_slot_map, provision_shards
@@ -105,7 +106,7 @@ class Supervisor:
 
         status = 0
         try:
-            catalog_dsn = self.prepare_databases()
+            catalog_dsn = self.prepare_databases(serving=True)
             self.catalog_dsn = catalog_dsn
             self.spawn_shards(catalog_dsn)
             self.spawn_gunicorn(catalog_dsn)
@@ -162,12 +163,19 @@ class Supervisor:
 
     # -- databases ---------------------------------------------------------------------
 
-    def prepare_databases(self) -> str:
-        """Start the embedded server if needed, migrate, and return the catalog's DSN."""
+    def prepare_databases(self, serving: bool = False) -> str:
+        """Start the embedded server if needed, migrate, and return the catalog's DSN.
+
+        `serving` claims the embedded cluster for this server: a second server on the
+        same DATA_DIR halts here, before it touches any database.
+        """
         catalog_dsn = self.settings.database_url
         if catalog_dsn is None:
             self.embedded = EmbeddedPostgres(self.settings.data_dir)
-            admin_dsn = self.embedded.start()
+            try:
+                admin_dsn = self.embedded.start(serving)
+            except ServerRunning as exc:
+                raise HaltServer(str(exc), 1) from exc
             catalog_dsn = _ensure_database(admin_dsn, EMBEDDED_CATALOG)
             log.info(
                 "no DATABASE_URL set: using the embedded PostgreSQL in %s", self.settings.data_dir
@@ -333,7 +341,8 @@ class Supervisor:
         for child in self.shards:
             child.process = None
 
-        # 3. The embedded database goes last, after every writer has finished.
+        # 3. The embedded database goes last, after every writer has finished. It keeps
+        # running while another process, such as a `serverlord user` command, uses it.
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None

