@@ -232,6 +232,8 @@ class Supervisor:
         ]
         if settings.startup_quiet_period is not None:
             command += ["--quiet-period", str(settings.startup_quiet_period)]
+        if self.embedded is not None:
+            command += ["--embedded-data-dir", str(self.embedded.data_dir)]
         # A process group of its own keeps a terminal's Ctrl-C away from the child, so
         # shutdown follows the supervisor's order instead of hitting every process at once.
         env = {**os.environ, "SERVERLORD_SHARD_DSN": child.dsn}

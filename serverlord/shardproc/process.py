@@ -3,6 +3,8 @@
 Boot: take the shard's advisory lock (so two servers never run one shard), open the
 pool, load every check, then listen. Stop, on SIGTERM or SIGINT or when the supervisor
 is gone: stop accepting, let received requests finish, flush the writer, close the pool.
+On the embedded cluster, the process counts as one of its users, so when the supervisor
+was killed, the last shard process to stop also stops the cluster.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from serverlord.shardproc.api_ops import ApiOps
 from serverlord.shardproc.retention import Retention
 from serverlord.shardproc.server import SocketServer
 from serverlord.shardproc.service import ShardService
+from serverlord.storage.cluster_lock import ClusterLock
+from serverlord.storage.embedded import postmaster_pid, stop_cluster
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=os.environ.get("SERVERLORD_CATALOG_DSN"),
         help="catalog database DSN, for alert channels (default: $SERVERLORD_CATALOG_DSN)",
     )
+    parser.add_argument(
+        "--embedded-data-dir",
+        type=Path,
+        default=None,
+        help="data folder of the embedded cluster the shard lives in, if any",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if not args.dsn:
@@ -102,6 +112,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(args.log_level, f"shard{args.shard}")
+    cluster = None
+    if args.embedded_data_dir is not None:
+        cluster = ClusterLock(args.embedded_data_dir)
+        cluster.acquire(serving=False)
+        cluster.share()
     try:
         uvloop.run(ShardProcess(args).run())
     except ShardLocked as exc:
@@ -110,6 +125,28 @@ def main(argv: list[str] | None = None) -> None:
     except BootError as exc:
         log.error("shard %d could not boot: %s", args.shard, exc)
         sys.exit(EXIT_BOOT_ERROR)
+    finally:
+        if cluster is not None:
+            _leave_cluster(cluster, args.embedded_data_dir, args.shard)
+
+
+def _leave_cluster(cluster: ClusterLock, data_dir: Path, shard: int) -> None:
+    """Stop the embedded cluster if no other live process, such as the supervisor, uses it.
+
+    That happens when the supervisor was killed. This process has already committed its
+    queue and closed its connections.
+    """
+    try:
+        if cluster.release_and_check_last():
+            log.warning(
+                "shard %d stops the embedded PostgreSQL in %s: the supervisor is gone and "
+                "no other process uses it",
+                shard,
+                data_dir,
+            )
+            stop_cluster(data_dir, postmaster_pid(data_dir))
+    finally:
+        cluster.release()
 
 
 class ShardProcess:

