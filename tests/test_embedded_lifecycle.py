@@ -63,11 +63,17 @@ def children_of(server: Server) -> list[psutil.Process]:
     return children
 
 
-def kill_supervisor(server: Server) -> None:
-    """SIGKILL the supervisor alone and wait until its own children have exited."""
+def kill_supervisor(server: Server, with_children: bool) -> None:
+    """SIGKILL the supervisor (and its children when asked), then wait until all have exited.
+
+    Children left alive get SIGTERM from the kernel and stop by themselves.
+    """
     assert server.process is not None
     children = children_of(server)
     server.process.kill()
+    if with_children:
+        for process in children:
+            process.kill()
     server.process.wait()
     server.process = None
     _, alive = psutil.wait_procs(children, timeout=CHILD_EXIT_TIMEOUT)
@@ -76,24 +82,38 @@ def kill_supervisor(server: Server) -> None:
     assert alive == [], "children of the killed supervisor did not exit"
 
 
+def ping_checks(server: Server, ids: list[str], rounds: int) -> dict[str, int]:
+    """Ping each check `rounds` times; return the acknowledged pings per check."""
+    acked: dict[str, int] = {}
+    for check_id in ids:
+        for _ in range(rounds):
+            assert request("GET", f"{server.url}/ping/{check_id}").status == 200
+            acked[check_id] = acked.get(check_id, 0) + 1
+    return acked
+
+
+def assert_pings_stored(data_dir: Path, acked: dict[str, int]) -> None:
+    dsn = f"host={data_dir} user=postgres dbname=serverlord"
+    stored = stored_pings(dsn, 2)
+    for check_id, count in acked.items():
+        assert stored.get(check_id, 0) >= count, check_id
+
+
 def test_killed_server_cluster_adopted(runtime_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     env = server_env(None, runtime_dir, shard_count=2, DATA_DIR=str(data_dir))
     first = Server(env, tmp_path / "first.log")
     first.start()
     try:
         ids = [first.create_check()["id"] for _ in range(3)]
-        acked: dict[str, int] = {}
-        for check_id in ids:
-            for _ in range(4):
-                assert request("GET", f"{first.url}/ping/{check_id}").status == 200
-                acked[check_id] = acked.get(check_id, 0) + 1
+        acked = ping_checks(first, ids, 4)
         orphan = postmaster_pid(data_dir)
         assert orphan is not None
-        kill_supervisor(first)
+        # Every Server Lord process dies at once, as with `kill -9` on all of them.
+        kill_supervisor(first, with_children=True)
     finally:
         first.stop()
 
-    # The killed server's children are gone, and its database is still running.
+    # Nothing is left to stop the database, so it keeps running.
     assert postmaster_pid(data_dir) == orphan
     assert [process.pid for process in postmasters(data_dir)] == [orphan]
 
@@ -104,11 +124,7 @@ def test_killed_server_cluster_adopted(runtime_dir: Path, data_dir: Path, tmp_pa
         acked[ids[0]] += 1
         assert postmaster_pid(data_dir) == orphan
         assert f"adopted the embedded PostgreSQL in {data_dir} (pid {orphan})" in second.log()
-
-        dsn = f"host={data_dir} user=postgres dbname=serverlord"
-        stored = stored_pings(dsn, 2)
-        for check_id, count in acked.items():
-            assert stored.get(check_id, 0) >= count, check_id
+        assert_pings_stored(data_dir, acked)
     finally:
         code = second.stop()
 
@@ -116,6 +132,38 @@ def test_killed_server_cluster_adopted(runtime_dir: Path, data_dir: Path, tmp_pa
     assert postmasters(data_dir) == []
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == "zombie"
     assert f"embedded PostgreSQL in {data_dir} stopped (pid {orphan})" in second.log()
+
+
+def test_killed_supervisor_cluster_stops(runtime_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    env = server_env(None, runtime_dir, shard_count=2, DATA_DIR=str(data_dir))
+    first = Server(env, tmp_path / "first.log")
+    first.start()
+    try:
+        ids = [first.create_check()["id"] for _ in range(3)]
+        acked = ping_checks(first, ids, 4)
+        postmaster = postmaster_pid(data_dir)
+        assert postmaster is not None
+        # The shard processes flush their queues and exit; the last one stops the
+        # database before it exits.
+        kill_supervisor(first, with_children=False)
+    finally:
+        first.stop()
+
+    assert postmasters(data_dir) == []
+    assert f"embedded PostgreSQL in {data_dir} stopped (pid {postmaster})" in first.log()
+
+    second = Server({**env}, tmp_path / "second.log")
+    second.start()
+    try:
+        assert request("GET", f"{second.url}/ping/{ids[0]}").status == 200
+        acked[ids[0]] += 1
+        assert "adopted the embedded PostgreSQL" not in second.log()
+        assert_pings_stored(data_dir, acked)
+    finally:
+        code = second.stop()
+
+    assert code == 0
+    assert postmasters(data_dir) == []
 
 
 def test_second_server_on_data_dir_rejected(
