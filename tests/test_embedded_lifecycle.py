@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -99,71 +99,81 @@ def assert_pings_stored(data_dir: Path, acked: dict[str, int]) -> None:
         assert stored.get(check_id, 0) >= count, check_id
 
 
+def ping_then_kill(
+    env: dict[str, str], log_path: Path, data_dir: Path, with_children: bool
+) -> tuple[Server, list[str], dict[str, int], int]:
+    """Start a server, ping three checks, then SIGKILL its supervisor.
+
+    Returns the stopped server, the check ids, the acknowledged pings per check and the
+    postmaster's pid while the server ran.
+    """
+    server = Server(env, log_path)
+    server.start()
+    try:
+        ids = [server.create_check()["id"] for _ in range(3)]
+        acked = ping_checks(server, ids, 4)
+        postmaster = postmaster_pid(data_dir)
+        assert postmaster is not None
+        kill_supervisor(server, with_children)
+    finally:
+        server.stop()
+    return server, ids, acked, postmaster
+
+
+def serve_again(
+    env: dict[str, str],
+    log_path: Path,
+    data_dir: Path,
+    ids: list[str],
+    acked: dict[str, int],
+    while_running: Callable[[Server], None],
+) -> Server:
+    """Start a new server on the same folder, ping once, check storage, and stop it."""
+    server = Server({**env}, log_path)
+    server.start()
+    try:
+        assert request("GET", f"{server.url}/ping/{ids[0]}").status == 200
+        acked[ids[0]] += 1
+        while_running(server)
+        assert_pings_stored(data_dir, acked)
+    finally:
+        code = server.stop()
+    assert code == 0
+    assert postmasters(data_dir) == []
+    return server
+
+
 def test_killed_server_cluster_adopted(runtime_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     env = server_env(None, runtime_dir, shard_count=2, DATA_DIR=str(data_dir))
-    first = Server(env, tmp_path / "first.log")
-    first.start()
-    try:
-        ids = [first.create_check()["id"] for _ in range(3)]
-        acked = ping_checks(first, ids, 4)
-        orphan = postmaster_pid(data_dir)
-        assert orphan is not None
-        # Every Server Lord process dies at once, as with `kill -9` on all of them.
-        kill_supervisor(first, with_children=True)
-    finally:
-        first.stop()
+    # Every Server Lord process dies at once, as with `kill -9` on all of them.
+    _, ids, acked, orphan = ping_then_kill(env, tmp_path / "first.log", data_dir, True)
 
     # Nothing is left to stop the database, so it keeps running.
     assert postmaster_pid(data_dir) == orphan
     assert [process.pid for process in postmasters(data_dir)] == [orphan]
 
-    second = Server({**env}, tmp_path / "second.log")
-    second.start()
-    try:
-        assert request("GET", f"{second.url}/ping/{ids[0]}").status == 200
-        acked[ids[0]] += 1
+    def adopted(server: Server) -> None:
         assert postmaster_pid(data_dir) == orphan
-        assert f"adopted the embedded PostgreSQL in {data_dir} (pid {orphan})" in second.log()
-        assert_pings_stored(data_dir, acked)
-    finally:
-        code = second.stop()
+        assert f"adopted the embedded PostgreSQL in {data_dir} (pid {orphan})" in server.log()
 
-    assert code == 0
-    assert postmasters(data_dir) == []
+    second = serve_again(env, tmp_path / "second.log", data_dir, ids, acked, adopted)
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == "zombie"
     assert f"embedded PostgreSQL in {data_dir} stopped (pid {orphan})" in second.log()
 
 
 def test_killed_supervisor_cluster_stops(runtime_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     env = server_env(None, runtime_dir, shard_count=2, DATA_DIR=str(data_dir))
-    first = Server(env, tmp_path / "first.log")
-    first.start()
-    try:
-        ids = [first.create_check()["id"] for _ in range(3)]
-        acked = ping_checks(first, ids, 4)
-        postmaster = postmaster_pid(data_dir)
-        assert postmaster is not None
-        # The shard processes flush their queues and exit; the last one stops the
-        # database before it exits.
-        kill_supervisor(first, with_children=False)
-    finally:
-        first.stop()
+    # The shard processes flush their queues and exit. The last one stops the database
+    # before it exits.
+    first, ids, acked, postmaster = ping_then_kill(env, tmp_path / "first.log", data_dir, False)
 
     assert postmasters(data_dir) == []
     assert f"embedded PostgreSQL in {data_dir} stopped (pid {postmaster})" in first.log()
 
-    second = Server({**env}, tmp_path / "second.log")
-    second.start()
-    try:
-        assert request("GET", f"{second.url}/ping/{ids[0]}").status == 200
-        acked[ids[0]] += 1
-        assert "adopted the embedded PostgreSQL" not in second.log()
-        assert_pings_stored(data_dir, acked)
-    finally:
-        code = second.stop()
+    def not_adopted(server: Server) -> None:
+        assert "adopted the embedded PostgreSQL" not in server.log()
 
-    assert code == 0
-    assert postmasters(data_dir) == []
+    serve_again(env, tmp_path / "second.log", data_dir, ids, acked, not_adopted)
 
 
 def test_second_server_on_data_dir_rejected(

