@@ -57,7 +57,7 @@ class EmbeddedPostgres:
         ServerRunning when another live server already has it.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Only the server's own user may enter the cluster; the socket lives inside it.
+        # Only the server's own user may enter the cluster, because its socket is inside.
         os.chmod(self.data_dir, 0o700)
         if (self.data_dir / "PG_VERSION").exists():
             dsn = self._start_existing(serving)

@@ -142,14 +142,11 @@ async def read_ping(
             text(resp, 400, "invalid uuid format")
             return None
 
-    body, size = await _read_body(req, settings.body_limit)
-    expected = req.content_length
-    if expected is not None and size < expected and req.method != "HEAD":
-        # The client went away before its body ended. It did not see a response, so its
-        # retry would count the same run twice if this cut-off request were stored.
-        log.info("ping not recorded: its body ended after %d of %d bytes", size, expected)
+    read = await _read_body(req, settings.body_limit)
+    if read is None:
         text(resp, 400, "the request body is shorter than its Content-Length")
         return None
+    body, size = read
     return {
         "signal": signal,
         "exitstatus": exitstatus,
@@ -247,17 +244,19 @@ def _common_headers(resp: falcon.asgi.Response, body_limit: int) -> None:
     resp.set_header("Ping-Body-Limit", str(body_limit))
 
 
-async def _read_body(req: falcon.asgi.Request, limit: int) -> tuple[bytes, int]:
+async def _read_body(req: falcon.asgi.Request, limit: int) -> tuple[bytes, int] | None:
     """Read at most `limit` bytes of the body and discard the rest.
 
     A long body is cut, never refused: the signal must get through even when the job's
-    log is large. Returns the kept bytes and the full size.
+    log is large. Returns the kept bytes and the full size, or None when the body ended
+    before its Content-Length.
     """
     if req.method == "HEAD":
         return b"", 0
-    if not req.content_length and req.get_header("Transfer-Encoding") is None:
-        # Neither a length nor chunks: HTTP/1.1 says the request has no body, and skipping
-        # the stream saves most of a GET ping's time in this function.
+    expected = req.content_length
+    if not expected and req.get_header("Transfer-Encoding") is None:
+        # Neither a length nor chunks means no body in HTTP/1.1, and skipping the stream
+        # saves most of a GET ping's time in this function.
         return b"", 0
     kept = bytearray()
     size = 0
@@ -266,4 +265,9 @@ async def _read_body(req: falcon.asgi.Request, limit: int) -> tuple[bytes, int]:
         room = limit - len(kept)
         if room > 0:
             kept += chunk[:room]
+    if expected is not None and size < expected:
+        # The client went away before its body ended. It did not see a response, so its
+        # retry would count the same run twice if this cut-off request were stored.
+        log.info("ping not recorded: its body ended after %d of %d bytes", size, expected)
+        return None
     return bytes(kept), size
